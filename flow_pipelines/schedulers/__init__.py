@@ -1,0 +1,16 @@
+"""Flow-matching schedulers that plug into diffusers."""
+
+from .scheduling_flow_common import FlowSchedulerBase, FlowSchedulerOutput
+from .scheduling_flow_euler import FlowEulerScheduler
+from .scheduling_flow_heun import FlowHeunScheduler
+from .scheduling_flow_sde import DIFFUSION_FORMS, FlowSDEScheduler, diffusion_coefficient
+
+__all__ = [
+    "DIFFUSION_FORMS",
+    "FlowEulerScheduler",
+    "FlowHeunScheduler",
+    "FlowSDEScheduler",
+    "FlowSchedulerBase",
+    "FlowSchedulerOutput",
+    "diffusion_coefficient",
+]
