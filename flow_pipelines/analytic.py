@@ -8,6 +8,7 @@ The exact velocity is ``dm/dsigma + (dV/dsigma) / (2 V) (x - m)``, and the flow 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -151,9 +152,10 @@ def sample_with_scheduler(
     """
     kwargs = {"sigmas": sigmas} if sigmas is not None else {"num_inference_steps": num_inference_steps}
     scheduler.set_timesteps(**kwargs)
+    accepts_generator = "generator" in inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generator} if generator is not None and accepts_generator else {}
     sample = latents
     for timestep in scheduler.timesteps:
         output = predict(sample, timestep)
-        step_kwargs = {"generator": generator} if generator is not None else {}
         sample = scheduler.step(output, timestep, sample, **step_kwargs).prev_sample
     return sample, len(scheduler.timesteps)
