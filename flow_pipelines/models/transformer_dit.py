@@ -1,0 +1,714 @@
+"""A class-conditional Diffusion Transformer (DiT, Peebles & Xie 2023) as a diffusers model.
+
+The model follows the DiT paper: patch embedding, fixed 2-D sin-cos positions (or 2-D rotary
+embeddings), a timestep embedder and a label embedder summed once per forward into the conditioning
+vector ``c``, blocks with adaLN-Zero modulation (shift / scale / gate from ``c``), a final adaLN
+layer and unpatchify. The label table has ``num_classes + 1`` rows; the last row, id
+``num_classes``, is the null class used for classifier-free guidance.
+
+Time conventions (config ``time_convention``):
+
+- ``"flow"`` (default): the model is called with ``timestep = sigma * num_train_timesteps`` on the
+  path ``x_sigma = (1 - sigma) x0 + sigma noise`` and predicts ``config.prediction_type`` (the
+  velocity ``noise - x0`` by default).
+- ``"sit"``: weights converted from SiT (velocity model, noise at ``t = 0``). The forward maps our
+  timestep to SiT's ``t = 1 - sigma`` and negates the output, so the model still predicts our
+  velocity at our sigma; the weights are SiT's, untouched.
+- ``"ddpm"``: weights converted from the original DiT (epsilon model on the DDPM variance-preserving
+  path, linear betas, integer timesteps 0..999). The forward takes the DDPM timestep as the original
+  did and returns the original's output (epsilon, plus the learned variance channels when
+  ``out_channels = 2 * in_channels``): forward parity only. Sampling it with the flow schedulers
+  needs a VP-to-flow mapping of time and prediction that this model does not do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ..flow import check_prediction_type
+
+POS_EMBED_TYPES: tuple[str, ...] = ("sincos", "rope")
+QK_NORM_TYPES: tuple[str, ...] = ("rms_norm", "layer_norm")
+TIME_CONVENTIONS: tuple[str, ...] = ("flow", "sit", "ddpm")
+
+# Width, depth and heads of the DiT paper's model sizes; every size comes with patch 2, 4 and 8.
+_SIZES: dict[str, dict[str, int]] = {
+    "S": {"hidden_size": 384, "num_layers": 12, "num_attention_heads": 6},
+    "B": {"hidden_size": 768, "num_layers": 12, "num_attention_heads": 12},
+    "L": {"hidden_size": 1024, "num_layers": 24, "num_attention_heads": 16},
+    "XL": {"hidden_size": 1152, "num_layers": 28, "num_attention_heads": 16},
+}
+
+DIT_PRESETS: dict[str, dict[str, int]] = {
+    f"DiT-{size}/{patch}": {**dims, "patch_size": patch}
+    for size, dims in _SIZES.items()
+    for patch in (2, 4, 8)
+}
+"""Architecture presets of the DiT paper, ``"DiT-S/2"`` … ``"DiT-XL/8"``: width, depth, heads, patch."""
+
+
+def timestep_embedding(
+    timesteps: torch.Tensor, dim: int, max_period: float = 10000.0, frequency_shift: int = 0
+) -> torch.Tensor:
+    """Sinusoidal embedding ``[cos(t f_i), sin(t f_i)]`` of (possibly fractional) timesteps.
+
+    Args:
+        timesteps: A 1-d tensor of timesteps, one per sample; fractional values are embedded as they are.
+        dim: The embedding width.
+        max_period: Sets the lowest frequency; frequencies are ``max_period ** (-i / (dim / 2 - frequency_shift))``.
+        frequency_shift: 0 as in the original DiT; diffusers' ``DiTTransformer2DModel`` uses 1.
+
+    Returns:
+        A float32 tensor ``(len(timesteps), dim)``.
+    """
+    half = dim // 2
+    # This operation order reproduces DiT's (and diffusers') float32 frequencies bit for bit; at t ~ 1000
+    # a one-ulp difference in a frequency would move the embedding by ~1e-4.
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+    frequencies = torch.exp(exponent / (half - frequency_shift))
+    angles = timesteps.float()[:, None] * frequencies[None]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        embedding = F.pad(embedding, (0, 1))
+    return embedding
+
+
+def _position_dtype(device: torch.device) -> torch.dtype:
+    # Positions are computed in float64 (as the original DiT's numpy code did) except where unsupported.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def sincos_2d_positions(
+    dim: int, grid_height: int, grid_width: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings of a ``grid_height x grid_width`` patch grid (MAE / DiT layout).
+
+    The first half of the channels encodes the column, the second half the row, each as
+    ``[sin(p w_i), cos(p w_i)]`` with ``w_i = 10000 ** (-i / (dim / 4))``; tokens are in row-major order.
+
+    Args:
+        dim: The embedding width, divisible by 4.
+        grid_height: Number of patch rows.
+        grid_width: Number of patch columns.
+        device: Where to build the table.
+
+    Returns:
+        A float32 tensor ``(grid_height * grid_width, dim)``.
+
+    Raises:
+        ValueError: If ``dim`` is not divisible by 4.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos positions need a width divisible by 4; got {dim}.")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    dtype = _position_dtype(device)
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=dtype, device=device) / quarter)
+    rows, columns = torch.meshgrid(
+        torch.arange(grid_height, dtype=dtype, device=device),
+        torch.arange(grid_width, dtype=dtype, device=device),
+        indexing="ij",
+    )
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1) * omega[None]
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+    return torch.cat([encode(columns), encode(rows)], dim=1).float()
+
+
+def rope_2d_frequencies(
+    head_dim: int,
+    grid_height: int,
+    grid_width: int,
+    theta: float = 10000.0,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Cos and sin tables of 2-D rotary embeddings (FLUX-style, interleaved pairs).
+
+    Half of each head's channels rotate with the patch row, half with the column; within each half,
+    channel pairs ``(2i, 2i + 1)`` rotate at frequency ``theta ** (-2i / (head_dim / 2))``.
+
+    Args:
+        head_dim: Channels per attention head, divisible by 4.
+        grid_height: Number of patch rows.
+        grid_width: Number of patch columns.
+        theta: The rotary base.
+        device: Where to build the tables.
+
+    Returns:
+        A float32 tensor ``(2, grid_height * grid_width, head_dim)``: cos, then sin.
+
+    Raises:
+        ValueError: If ``head_dim`` is not divisible by 4.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D rotary embeddings need a head dimension divisible by 4; got {head_dim}.")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    dtype = _position_dtype(device)
+    axis_dim = head_dim // 2
+    frequencies = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=dtype, device=device) / axis_dim)
+    rows, columns = torch.meshgrid(
+        torch.arange(grid_height, dtype=dtype, device=device),
+        torch.arange(grid_width, dtype=dtype, device=device),
+        indexing="ij",
+    )
+    angles = torch.cat(
+        [rows.reshape(-1, 1) * frequencies[None], columns.reshape(-1, 1) * frequencies[None]], dim=1
+    ).repeat_interleave(2, dim=1)
+    return torch.stack([torch.cos(angles), torch.sin(angles)]).float()
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs of ``x`` by the angles whose cos / sin ``rope`` holds.
+
+    Args:
+        x: Queries or keys ``(batch, heads, tokens, head_dim)``.
+        rope: The tables from :func:`rope_2d_frequencies`, ``(2, tokens, head_dim)``.
+
+    Returns:
+        The rotated tensor, in ``x``'s dtype (the rotation itself runs in float32).
+    """
+    cos, sin = rope.unbind(0)
+    x_float = x.float()
+    real, imag = x_float.unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(-2)
+    return (x_float * cos + rotated * sin).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation over the last dimension with a learned scale (computed in float32).
+
+    Args:
+        dim: The normalised width.
+        eps: Added to the mean square.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x``; returns a tensor of ``x``'s dtype."""
+        x_float = x.float()
+        x_float = x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x_float * self.weight.float()).to(x.dtype)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal timestep features followed by a two-layer SiLU MLP.
+
+    Args:
+        hidden_size: Output width.
+        frequency_dim: Width of the sinusoidal features.
+        frequency_shift: Frequency denominator shift, see :func:`timestep_embedding`.
+    """
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256, frequency_shift: int = 0) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.frequency_shift = frequency_shift
+        self.linear_1 = nn.Linear(frequency_dim, hidden_size)
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Embed a 1-d tensor of timesteps into ``(batch, hidden_size)``."""
+        features = timestep_embedding(timesteps, self.frequency_dim, frequency_shift=self.frequency_shift)
+        features = features.to(self.linear_1.weight.dtype)
+        return self.linear_2(F.silu(self.linear_1(features)))
+
+
+class LabelEmbedder(nn.Module):
+    """Class label table with one extra row, id ``num_classes``, for the null (unconditional) class.
+
+    Args:
+        num_classes: Number of real classes.
+        hidden_size: Embedding width.
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int) -> None:
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def forward(self, class_labels: torch.Tensor) -> torch.Tensor:
+        """Look up ``(batch,)`` integer labels; returns ``(batch, hidden_size)``."""
+        return self.embedding_table(class_labels)
+
+
+class DiTAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection, optional q/k norm and optional 2-D RoPE.
+
+    Args:
+        hidden_size: Token width.
+        num_heads: Number of heads (must divide ``hidden_size``).
+        qk_norm: ``None``, ``"rms_norm"`` or ``"layer_norm"``: per-head normalisation of queries and keys.
+        eps: Epsilon of the q/k norms.
+    """
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, qk_norm: str | None = None, eps: float = 1e-6
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        if qk_norm is None:
+            self.norm_q = self.norm_k = None
+        elif qk_norm == "rms_norm":
+            self.norm_q, self.norm_k = RMSNorm(self.head_dim, eps), RMSNorm(self.head_dim, eps)
+        else:
+            self.norm_q = nn.LayerNorm(self.head_dim, eps=eps)
+            self.norm_k = nn.LayerNorm(self.head_dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend over the tokens of ``x`` ``(batch, tokens, hidden)``; ``rope`` from :func:`rope_2d_frequencies`."""
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)
+        if self.norm_q is not None:
+            query, key = self.norm_q(query), self.norm_k(key)
+        if rope is not None:
+            query, key = apply_rope(query, rope), apply_rope(key, rope)
+        out = F.scaled_dot_product_attention(query, key, value)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
+
+
+class DiTMLP(nn.Module):
+    """Two-layer feed-forward network with tanh-approximated GELU, as in DiT.
+
+    Args:
+        hidden_size: Token width.
+        mlp_hidden_size: Inner width.
+    """
+
+    def __init__(self, hidden_size: int, mlp_hidden_size: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, mlp_hidden_size)
+        self.fc2 = nn.Linear(mlp_hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the MLP token-wise."""
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def _modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # normed * (1 + scale) + shift in one kernel.
+    return torch.addcmul(shift, normed, 1 + scale)
+
+
+class DiTBlock(nn.Module):
+    """Transformer block with adaLN-Zero: ``c`` gives shift, scale and gate for attention and MLP.
+
+    Args:
+        hidden_size: Token width.
+        num_heads: Attention heads.
+        mlp_ratio: MLP inner width over ``hidden_size``.
+        qk_norm: Optional q/k normalisation, see :class:`DiTAttention`.
+        norm_eps: Epsilon of the pre-attention LayerNorm (and of the q/k norms).
+        mlp_norm_eps: Epsilon of the pre-MLP LayerNorm.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qk_norm: str | None = None,
+        norm_eps: float = 1e-6,
+        mlp_norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
+        self.attn = DiTAttention(hidden_size, num_heads, qk_norm=qk_norm, eps=norm_eps)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
+        self.mlp = DiTMLP(hidden_size, int(hidden_size * mlp_ratio))
+        self.modulation = nn.Linear(hidden_size, 6 * hidden_size)
+
+    def forward(
+        self, x: torch.Tensor, activated_condition: torch.Tensor, rope: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Update tokens ``x`` ``(batch, tokens, hidden)`` given ``silu(c)`` ``(batch, hidden)``."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.modulation(activated_condition).unsqueeze(1).chunk(6, dim=-1)
+        )
+        x = torch.addcmul(x, gate_msa, self.attn(_modulate(self.norm1(x), shift_msa, scale_msa), rope))
+        return torch.addcmul(x, gate_mlp, self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp)))
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift and scale from ``c``) followed by the linear map to patch pixels.
+
+    Args:
+        hidden_size: Token width.
+        patch_size: Patch side.
+        out_channels: Output channels per pixel.
+        eps: LayerNorm epsilon.
+    """
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=eps)
+        self.modulation = nn.Linear(hidden_size, 2 * hidden_size)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+
+    def forward(self, x: torch.Tensor, activated_condition: torch.Tensor) -> torch.Tensor:
+        """Map tokens ``(batch, tokens, hidden)`` to ``(batch, tokens, patch * patch * out_channels)``."""
+        shift, scale = self.modulation(activated_condition).unsqueeze(1).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm(x), shift, scale))
+
+
+class DiTModel(ModelMixin, ConfigMixin):
+    r"""Class-conditional Diffusion Transformer (DiT) predicting the flow velocity ``noise - x0``.
+
+    The conditioning vector ``c = time_embed(t) + label_embed(y)`` is computed once per forward and
+    drives adaLN-Zero in every block. A fresh model outputs exactly zero (modulations and the output
+    projection are zero-initialised, as in DiT). Inputs of any spatial size divisible by the patch
+    size are accepted: sin-cos positions are computed for the actual grid (integer patch positions,
+    cached per size), rotary ones likewise.
+
+    Args:
+        sample_size: Side of the (latent) images the model is trained at.
+        patch_size: Patch side.
+        in_channels: Input channels.
+        out_channels: Output channels; defaults to ``in_channels`` (``2 * in_channels`` is the original
+            DiT's learned-sigma output).
+        hidden_size: Token width.
+        num_layers: Number of transformer blocks.
+        num_attention_heads: Attention heads; must divide ``hidden_size``.
+        mlp_ratio: MLP inner width over ``hidden_size``.
+        num_classes: Number of real classes; label id ``num_classes`` is the null class for
+            classifier-free guidance, so the label table has ``num_classes + 1`` rows.
+        num_train_timesteps: The time scale: the model is called with ``sigma * num_train_timesteps``.
+        pos_embed: ``"sincos"`` (fixed absolute 2-D sin-cos, as DiT) or ``"rope"`` (2-D rotary in attention).
+        qk_norm: ``None``, ``"rms_norm"`` or ``"layer_norm"`` on queries and keys.
+        rope_theta: Rotary base for ``pos_embed="rope"``.
+        prediction_type: What the output is: ``"velocity"`` (default), ``"sample"`` or ``"epsilon"``.
+        time_convention: ``"flow"`` (native), ``"sit"`` or ``"ddpm"`` for converted weights; see the module docstring.
+        timestep_embedding_dim: Width of the sinusoidal timestep features.
+        timestep_frequency_shift: 0 as in DiT; 1 reproduces diffusers' ``DiTTransformer2DModel`` embedding.
+        norm_eps: Epsilon of the pre-attention and final LayerNorms.
+        mlp_norm_eps: Epsilon of the pre-MLP LayerNorm; ``None`` means ``norm_eps`` (diffusers' DiT uses 1e-5).
+
+    Raises:
+        ValueError: For inconsistent sizes or unknown option names.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["DiTBlock"]
+    _repeated_blocks = ["DiTBlock"]
+    # Layers kept in the compute dtype under diffusers' layerwise casting: the input projection,
+    # the conditioning embedders and every norm (q/k norms included).
+    _skip_layerwise_casting_patterns = ["patch_embed", "time_embed", "label_embed", "norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        out_channels: int | None = None,
+        hidden_size: int = 1152,
+        num_layers: int = 28,
+        num_attention_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+        num_train_timesteps: int = 1000,
+        pos_embed: str = "sincos",
+        qk_norm: str | None = None,
+        rope_theta: float = 10000.0,
+        prediction_type: str = "velocity",
+        time_convention: str = "flow",
+        timestep_embedding_dim: int = 256,
+        timestep_frequency_shift: int = 0,
+        norm_eps: float = 1e-6,
+        mlp_norm_eps: float | None = None,
+    ) -> None:
+        super().__init__()
+        _check_positive(
+            sample_size=sample_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            num_attention_heads=num_attention_heads,
+            num_classes=num_classes,
+            num_train_timesteps=num_train_timesteps,
+            timestep_embedding_dim=timestep_embedding_dim,
+        )
+        if out_channels is None:
+            out_channels = in_channels
+            self.register_to_config(out_channels=out_channels)
+        _check_positive(out_channels=out_channels)
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0; got {mlp_ratio}.")
+        if hidden_size % num_attention_heads:
+            raise ValueError(
+                f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}; "
+                f"allowed: a head count dividing {hidden_size}."
+            )
+        if pos_embed not in POS_EMBED_TYPES:
+            raise ValueError(
+                f"pos_embed={pos_embed!r} is not supported; allowed: {', '.join(POS_EMBED_TYPES)}."
+            )
+        if qk_norm is not None and qk_norm not in QK_NORM_TYPES:
+            raise ValueError(
+                f"qk_norm={qk_norm!r} is not supported; allowed: None, {', '.join(QK_NORM_TYPES)}."
+            )
+        if time_convention not in TIME_CONVENTIONS:
+            raise ValueError(
+                f"time_convention={time_convention!r} is not supported; allowed: {', '.join(TIME_CONVENTIONS)}."
+            )
+        check_prediction_type(prediction_type)
+        head_dim = hidden_size // num_attention_heads
+        if pos_embed == "sincos" and hidden_size % 4:
+            raise ValueError(f"pos_embed='sincos' needs hidden_size divisible by 4; got {hidden_size}.")
+        if pos_embed == "rope" and head_dim % 4:
+            raise ValueError(
+                f"pos_embed='rope' needs a head dimension (hidden_size / num_attention_heads) divisible by 4; "
+                f"got {head_dim}."
+            )
+        if timestep_frequency_shift not in (0, 1):
+            raise ValueError(f"timestep_frequency_shift must be 0 or 1; got {timestep_frequency_shift}.")
+
+        # Plain attributes read in forward: cheaper than the config and transparent to torch.compile.
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.hidden_size = hidden_size
+        self.num_classes = num_classes
+        self.num_train_timesteps = num_train_timesteps
+        self.use_rope = pos_embed == "rope"
+        self.rope_theta = rope_theta
+        self.head_dim = head_dim
+        self.time_convention = time_convention
+        self.gradient_checkpointing = False
+        self._position_cache: dict[tuple[Any, ...], torch.Tensor] = {}
+
+        self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.time_embed = TimestepEmbedder(hidden_size, timestep_embedding_dim, timestep_frequency_shift)
+        self.label_embed = LabelEmbedder(num_classes, hidden_size)
+        self.blocks = nn.ModuleList(
+            [
+                DiTBlock(
+                    hidden_size,
+                    num_attention_heads,
+                    mlp_ratio,
+                    qk_norm=qk_norm,
+                    norm_eps=norm_eps,
+                    mlp_norm_eps=norm_eps if mlp_norm_eps is None else mlp_norm_eps,
+                )
+                for _ in range(num_layers)
+            ]
+        )
+        self.final_layer = FinalLayer(hidden_size, patch_size, out_channels, eps=norm_eps)
+        self._initialize_weights()
+
+    def _initialize_weights(self) -> None:
+        """DiT's initialisation: Xavier linears, N(0, 0.02) embedders, zeroed adaLN and output projection."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        # The patch embedding is a linear map over flattened patches.
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.label_embed.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.time_embed.linear_1.weight, std=0.02)
+        nn.init.normal_(self.time_embed.linear_2.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.modulation.weight)
+            nn.init.zeros_(block.modulation.bias)
+        for layer in (self.final_layer.modulation, self.final_layer.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @staticmethod
+    def presets() -> list[str]:
+        """Names accepted by :meth:`from_preset`: ``"DiT-S/2"`` … ``"DiT-XL/8"``.
+
+        Returns:
+            The preset names.
+        """
+        return list(DIT_PRESETS)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> DiTModel:
+        """Build a freshly initialised model of a DiT paper size.
+
+        Defaults besides the preset's width, depth, heads and patch: 32×32×4 latents (256 px with the
+        SD VAE), 1000 classes, ``out_channels = in_channels`` (a velocity model; pass
+        ``out_channels=8`` for the paper's learned-sigma layout).
+
+        Args:
+            name: A preset name, e.g. ``"DiT-XL/2"``; see :meth:`presets`.
+            **overrides: Any config argument, applied over the preset.
+
+        Returns:
+            The model.
+
+        Raises:
+            ValueError: For an unknown preset name (the message lists the known ones).
+        """
+        if name not in DIT_PRESETS:
+            raise ValueError(f"Unknown DiT preset {name!r}; known presets: {', '.join(DIT_PRESETS)}.")
+        return cls(**{**DIT_PRESETS[name], **overrides})
+
+    @property
+    def null_class_id(self) -> int:
+        """The label id of the null (unconditional) class: ``config.num_classes``."""
+        return self.num_classes
+
+    def _positions(self, grid_height: int, grid_width: int, device: torch.device) -> torch.Tensor:
+        """Sin-cos table ``(tokens, hidden)`` or rotary table ``(2, tokens, head_dim)`` for a patch grid."""
+        if self.use_rope:
+
+            def build() -> torch.Tensor:
+                return rope_2d_frequencies(self.head_dim, grid_height, grid_width, self.rope_theta, device)
+        else:
+
+            def build() -> torch.Tensor:
+                return sincos_2d_positions(self.hidden_size, grid_height, grid_width, device)
+
+        if torch.compiler.is_compiling():
+            # Traced into the graph instead of touching the Python-side cache.
+            return build()
+        key = (grid_height, grid_width, device)
+        table = self._position_cache.get(key)
+        if table is None:
+            table = self._position_cache[key] = build()
+        return table
+
+    def _prepare_conditioning(
+        self,
+        timestep: torch.Tensor | float,
+        class_labels: torch.Tensor | list[int] | int | None,
+        batch: int,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate and broadcast the timestep and labels to ``(batch,)`` tensors on ``device``."""
+        timestep = torch.as_tensor(timestep, device=device)
+        if timestep.ndim == 0 or timestep.numel() == 1:
+            timestep = timestep.reshape(1).expand(batch)
+        elif timestep.shape != (batch,):
+            raise ValueError(
+                f"timestep has shape {tuple(timestep.shape)}; allowed: a scalar or one value per sample ({batch},)."
+            )
+        if class_labels is None:
+            labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        else:
+            labels = torch.as_tensor(class_labels)
+            if labels.is_floating_point() or labels.is_complex():
+                raise ValueError(f"class_labels must be integers; got dtype {labels.dtype}.")
+            if labels.ndim == 0 or labels.numel() == 1:
+                labels = labels.reshape(1).expand(batch)
+            elif labels.shape != (batch,):
+                raise ValueError(
+                    f"class_labels has shape {tuple(labels.shape)}; allowed: a scalar or one label per sample ({batch},)."
+                )
+            # Range check where it costs no device sync; on an accelerator an out-of-range id trips the
+            # embedding kernel's own assertion instead.
+            if not torch.compiler.is_compiling() and labels.device.type == "cpu":
+                low, high = int(labels.min()), int(labels.max())
+                if low < 0 or high > self.num_classes:
+                    bad = low if low < 0 else high
+                    raise ValueError(
+                        f"class label {bad} is out of range; allowed: [0, {self.num_classes}] "
+                        f"({self.num_classes} is the null class)."
+                    )
+            labels = labels.to(device=device, dtype=torch.long)
+        return timestep, labels
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        class_labels: torch.Tensor | list[int] | int | None = None,
+        return_dict: bool = True,
+    ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
+        """Predict the model output for a noisy batch.
+
+        Args:
+            hidden_states: Noisy (latent) images ``(batch, in_channels, height, width)``; height and width
+                divisible by ``patch_size``.
+            timestep: ``sigma * num_train_timesteps`` as a float (fractional values allowed): a Python
+                number, a 0-d tensor or one value per sample. With ``time_convention="ddpm"`` it is the
+                DDPM step index as the original DiT took it.
+            class_labels: Integer labels in ``[0, num_classes]``, one per sample (or one for all);
+                ``num_classes`` is the null class. ``None`` means the null class for the whole batch.
+            return_dict: Return a ``Transformer2DModelOutput`` rather than a tuple.
+
+        Returns:
+            ``Transformer2DModelOutput(sample=...)`` with ``sample`` of shape
+            ``(batch, out_channels, height, width)``, or ``(sample,)`` when ``return_dict`` is False.
+
+        Raises:
+            ValueError: For a wrong input rank or channel count, a size not divisible by the patch size,
+                badly shaped timesteps or labels, or labels outside ``[0, num_classes]`` (checked for CPU
+                labels outside ``torch.compile``).
+        """
+        if hidden_states.ndim != 4:
+            raise ValueError(
+                f"hidden_states must be (batch, channels, height, width); got shape {tuple(hidden_states.shape)}."
+            )
+        batch, channels, height, width = hidden_states.shape
+        if channels != self.in_channels:
+            raise ValueError(
+                f"hidden_states has {channels} channels; allowed: in_channels={self.in_channels}."
+            )
+        patch = self.patch_size
+        if height % patch or width % patch:
+            raise ValueError(
+                f"input size {height}x{width} is not divisible by patch_size={patch}; "
+                f"allowed: height and width multiples of {patch}."
+            )
+        grid_height, grid_width = height // patch, width // patch
+        device = hidden_states.device
+        timestep, labels = self._prepare_conditioning(timestep, class_labels, batch, device)
+        if self.time_convention == "sit":
+            # SiT's time runs from noise (t = 0) to data (t = 1), in [0, 1].
+            timestep = 1.0 - timestep.float() / self.num_train_timesteps
+
+        x = self.patch_embed(hidden_states).flatten(2).transpose(1, 2)
+        positions = self._positions(grid_height, grid_width, device)
+        if self.use_rope:
+            rope = positions
+        else:
+            rope = None
+            x = x + positions.to(self.patch_embed.weight.dtype)
+
+        condition = self.time_embed(timestep) + self.label_embed(labels)
+        # Every adaLN modulation starts with SiLU(c): apply it once for all blocks.
+        activated_condition = F.silu(condition)
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, activated_condition, rope)
+            else:
+                x = block(x, activated_condition, rope)
+        x = self.final_layer(x, activated_condition)
+
+        # Unpatchify: (batch, tokens, p * p * c) -> (batch, c, height, width).
+        x = x.view(batch, grid_height, grid_width, patch, patch, self.out_channels)
+        sample = x.permute(0, 5, 1, 3, 2, 4).reshape(batch, self.out_channels, height, width)
+        if self.time_convention == "sit":
+            # SiT predicts x0 - noise; ours is noise - x0.
+            sample = -sample
+        if not return_dict:
+            return (sample,)
+        return Transformer2DModelOutput(sample=sample)
+
+
+def _check_positive(**values: int) -> None:
+    """Raise ``ValueError`` naming the first argument that is not a positive integer."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")

@@ -1,0 +1,388 @@
+"""Checkpoint conversion: original DiT / SiT state dicts and diffusers' DiTTransformer2DModel into DiTModel.
+
+The reference below re-implements the module structure and key names of facebookresearch/DiT
+``models.py`` (SiT's is the same, except that its forward drops the learned-sigma channels), with
+timm's ``PatchEmbed`` / ``Attention`` / ``Mlp`` layouts and MAE's numpy sin-cos positions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiTTransformer2DModel
+from torch import nn
+
+from flow_pipelines import DiTModel
+from flow_pipelines.models.conversion import (
+    convert_checkpoint,
+    convert_diffusers_dit,
+    convert_original_checkpoint,
+    load_original_state_dict,
+)
+
+_CLI_PATH = Path(__file__).resolve().parents[1] / "train_scripts" / "convert_checkpoint.py"
+
+
+def convert_main(argv: list[str]) -> None:
+    """Run the command-line script's ``main`` (train_scripts is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", _CLI_PATH)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(argv)
+
+
+# ----------------------------------------------------------------------------- reference DiT / SiT
+
+
+def mae_2d_sincos(embed_dim: int, grid_size: int) -> np.ndarray:
+    """MAE's ``get_2d_sincos_pos_embed`` (numpy), as DiT stores it in ``pos_embed``."""
+
+    def one_dim(dim, positions):
+        omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
+        omega = 1.0 / 10000**omega
+        out = np.einsum("m,d->md", positions.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid_h = np.arange(grid_size, dtype=np.float32)
+    grid_w = np.arange(grid_size, dtype=np.float32)
+    grid = np.stack(np.meshgrid(grid_w, grid_h), axis=0).reshape([2, 1, grid_size, grid_size])
+    return np.concatenate([one_dim(embed_dim // 2, grid[0]), one_dim(embed_dim // 2, grid[1])], axis=1)
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class RefPatchEmbed(nn.Module):
+    def __init__(self, patch_size, in_chans, embed_dim):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class RefAttention(nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        batch, tokens, channels = x.shape
+        head_dim = channels // self.num_heads
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q * head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, channels))
+
+
+class RefMlp(nn.Module):
+    def __init__(self, in_features, hidden_features):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class RefTimestepEmbedder(nn.Module):
+    def __init__(self, hidden_size, frequency_embedding_size=256):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.frequency_embedding_size = frequency_embedding_size
+
+    def forward(self, t):
+        half = self.frequency_embedding_size // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(0, half, dtype=torch.float32) / half)
+        args = t[:, None].float() * freqs[None]
+        # (The original feeds float32 features; the cast lets the test run the reference in float64.)
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+class RefLabelEmbedder(nn.Module):
+    def __init__(self, num_classes, hidden_size):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def forward(self, labels):
+        return self.embedding_table(labels)
+
+
+class RefBlock(nn.Module):
+    def __init__(self, hidden_size, num_heads, mlp_ratio):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = RefAttention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = RefMlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x, c):
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
+            6, dim=1
+        )
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class RefFinalLayer(nn.Module):
+    def __init__(self, hidden_size, patch_size, out_channels):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class RefDiT(nn.Module):
+    """facebookresearch/DiT's ``DiT`` (``sit=True``: willisma/SiT's ``SiT``, which drops the sigma channels)."""
+
+    def __init__(
+        self,
+        input_size=8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=4.0,
+        num_classes=10,
+        learn_sigma=True,
+        sit=False,
+    ):
+        super().__init__()
+        self.learn_sigma, self.sit, self.patch_size = learn_sigma, sit, patch_size
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.x_embedder = RefPatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = RefTimestepEmbedder(hidden_size)
+        self.y_embedder = RefLabelEmbedder(num_classes, hidden_size)
+        grid = input_size // patch_size
+        positions = torch.from_numpy(mae_2d_sincos(hidden_size, grid)).float().unsqueeze(0)
+        self.pos_embed = nn.Parameter(positions, requires_grad=False)
+        self.blocks = nn.ModuleList([RefBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.final_layer = RefFinalLayer(hidden_size, patch_size, self.out_channels)
+
+    def forward(self, x, t, y):
+        x = self.x_embedder(x) + self.pos_embed
+        c = self.t_embedder(t) + self.y_embedder(y)
+        for block in self.blocks:
+            x = block(x, c)
+        x = self.final_layer(x, c)
+        c_out, p = self.out_channels, self.patch_size
+        h = w = int(x.shape[1] ** 0.5)
+        x = torch.einsum("nhwpqc->nchpwq", x.reshape(x.shape[0], h, w, p, p, c_out))
+        x = x.reshape(x.shape[0], c_out, h * p, h * p)
+        if self.sit and self.learn_sigma:
+            x, _ = x.chunk(2, dim=1)
+        return x
+
+
+def perturbed(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Randomise every trainable weight (the originals zero-initialise adaLN and the output layer)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return module.eval()
+
+
+def inputs(batch=4, channels=4, size=8):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(batch, channels, size, size, generator=generator, dtype=torch.float64)
+
+
+# Outputs are compared in float64, where float32 rounding (~1e-6 relative, which float32 accumulation
+# order alone produces) cannot hide or mimic a mapping error; the weights are the converted float32 ones.
+
+
+# ----------------------------------------------------------------------------- original DiT / SiT
+
+
+def test_dit_conversion_reproduces_the_original_forward(tmp_path):
+    reference = perturbed(RefDiT())
+    torch.save(reference.state_dict(), tmp_path / "dit.pt")
+    model = convert_original_checkpoint(tmp_path / "dit.pt", "dit", num_attention_heads=4)
+    assert model.config.time_convention == "ddpm" and model.config.prediction_type == "epsilon"
+    assert model.config.out_channels == 8 and model.config.num_classes == 10 and model.config.sample_size == 8
+    x = inputs()
+    timesteps = torch.tensor([0, 17, 500, 999])
+    labels = torch.tensor([0, 3, 9, 10])
+    with torch.no_grad():
+        expected = reference.double()(x, timesteps, labels)
+        got = model.double()(x, timesteps, labels).sample
+    assert expected.abs().max() > 0.1  # a non-trivial output
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_sit_conversion_predicts_our_velocity_at_our_sigma(tmp_path):
+    reference = perturbed(RefDiT(sit=True), seed=3)
+    torch.save(reference.state_dict(), tmp_path / "sit.pt")
+    model = convert_original_checkpoint(tmp_path / "sit.pt", "sit", preset=None, num_attention_heads=4)
+    assert model.config.time_convention == "sit" and model.config.prediction_type == "velocity"
+    assert model.config.out_channels == 4  # SiT's unused sigma channels are dropped
+    x = inputs()
+    sit_time = torch.tensor([0.0, 0.25, 0.6, 1.0])  # SiT: t = 0 is noise
+    sigma = 1.0 - sit_time
+    labels = torch.tensor([1, 2, 10, 5])
+    with torch.no_grad():
+        sit_velocity = reference.double()(x, sit_time, labels)  # x0 - noise
+        ours = model.double()(x, sigma * 1000, labels).sample  # noise - x0
+    assert sit_velocity.abs().max() > 0.1
+    torch.testing.assert_close(ours, -sit_velocity, rtol=0, atol=1e-5)
+
+
+def test_training_checkpoints_take_the_ema_weights_and_plain_pickles_are_refused(tmp_path):
+    ema = perturbed(RefDiT(), seed=1).state_dict()
+    online = perturbed(RefDiT(), seed=2).state_dict()
+    checkpoint = {"model": online, "ema": ema, "opt": {}, "args": argparse.Namespace(model="DiT-S/2")}
+    torch.save(checkpoint, tmp_path / "0001000.pt")
+    loaded = load_original_state_dict(tmp_path / "0001000.pt")
+    assert all(torch.equal(loaded[key], ema[key]) for key in ema)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"x_embedder.proj.weight": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_original_state_dict(tmp_path / "evil.pt")
+
+
+def test_original_conversion_checks_shapes_and_keys(tmp_path):
+    state_dict = perturbed(RefDiT()).state_dict()
+    with pytest.raises(ValueError, match="cannot infer the head count of width 32"):
+        convert_original_checkpoint(state_dict, "dit")
+    with pytest.raises(
+        ValueError, match=r"does not match preset 'DiT-S/2'.*hidden_size: preset 384, checkpoint 32"
+    ):
+        convert_original_checkpoint(state_dict, "dit", preset="DiT-S/2")
+    with pytest.raises(ValueError, match="Unknown preset 'DiT-M/2'"):
+        convert_original_checkpoint(state_dict, "dit", preset="DiT-M/2")
+    with pytest.raises(ValueError, match="unexpected keys.*blocks.0.attn.q_norm.weight"):
+        convert_original_checkpoint(
+            {**state_dict, "blocks.0.attn.q_norm.weight": torch.ones(8)}, "dit", None, 4
+        )
+    learned = {**state_dict, "pos_embed": state_dict["pos_embed"] + 0.01}
+    with pytest.raises(ValueError, match="not the fixed 2-D sin-cos table"):
+        convert_original_checkpoint(learned, "dit", None, 4)
+    with pytest.raises(ValueError, match="source='edm'"):
+        convert_original_checkpoint(state_dict, "edm", None, 4)
+
+
+def test_paper_sized_checkpoint_converts_with_its_preset():
+    # S/2 at 256 px with real shapes (weights stay at their init: only the mapping is under test here).
+    reference = RefDiT(input_size=32, hidden_size=384, depth=12, num_heads=6, num_classes=1000)
+    model = convert_original_checkpoint(reference.state_dict(), "dit", preset="DiT-S/2")
+    assert model.config.num_attention_heads == 6 and model.config.num_layers == 12
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for name, p in reference.named_parameters() if name != "pos_embed"
+    )
+
+
+def test_cli_writes_an_atomic_safetensors_folder(tmp_path):
+    reference = perturbed(RefDiT(sit=True))
+    torch.save(reference.state_dict(), tmp_path / "sit.pt")
+    output = tmp_path / "converted"
+    output.mkdir()
+    (output / "stale.bin").write_bytes(b"old")  # replaced as a whole, not merged into
+    convert_main(
+        [
+            "--source",
+            "sit",
+            "--checkpoint",
+            str(tmp_path / "sit.pt"),
+            "--output_dir",
+            str(output),
+            "--num_attention_heads",
+            "4",
+        ]
+    )
+    assert sorted(path.name for path in output.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
+    assert not any(path.name.startswith(".converted") for path in tmp_path.iterdir())
+    loaded = DiTModel.from_pretrained(output).eval()
+    x, labels = inputs(), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.double()(x, 400.0, labels).sample,
+            -reference.double()(x, torch.full((4,), 0.6), labels),
+            rtol=0,
+            atol=1e-5,
+        )
+
+
+# ----------------------------------------------------------------------------- diffusers
+
+
+def tiny_diffusers_dit(shared_embedder: bool = True) -> DiTTransformer2DModel:
+    model = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=3,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    )
+    perturbed(model, seed=5)
+    if shared_embedder:
+        # As in diffusers' conversion of the original DiT: every block carries a copy of one embedder.
+        with torch.no_grad():
+            for block in model.transformer_blocks[1:]:
+                block.norm1.emb.load_state_dict(model.transformer_blocks[0].norm1.emb.state_dict())
+    return model
+
+
+def test_diffusers_conversion_reproduces_diffusers_forward(tmp_path):
+    source = tiny_diffusers_dit()
+    source.save_pretrained(tmp_path / "diffusers_dit")
+    convert_checkpoint("diffusers", tmp_path / "diffusers_dit", tmp_path / "ours")
+    model = DiTModel.from_pretrained(tmp_path / "ours").eval()
+    assert model.config.time_convention == "ddpm" and model.config.out_channels == 8
+    assert model.config.timestep_frequency_shift == 1 and model.config.mlp_norm_eps == source.config.norm_eps
+    parameters_ours = sum(p.numel() for p in model.parameters())
+    parameters_theirs = sum(p.numel() for p in source.parameters())
+    assert parameters_ours < parameters_theirs  # one embedder instead of one per block
+    x = inputs()
+    timesteps = torch.tensor([0, 250, 999, 42])
+    labels = torch.tensor([0, 10, 4, 9])
+    with torch.no_grad():
+        expected = source.double()(x, timestep=timesteps, class_labels=labels).sample
+        got = model.double()(x, timesteps, labels).sample
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_diffusers_conversion_refuses_distinct_per_block_embedders():
+    with pytest.raises(ValueError, match="block 1's .* differs from block 0's"):
+        convert_diffusers_dit(tiny_diffusers_dit(shared_embedder=False))
+
+
+def test_convert_checkpoint_rejects_options_that_do_not_apply(tmp_path):
+    with pytest.raises(ValueError, match="source='onnx'"):
+        convert_checkpoint("onnx", tmp_path / "x", tmp_path / "y")
+    with pytest.raises(ValueError, match="time_convention is fixed"):
+        convert_checkpoint("dit", tmp_path / "x", tmp_path / "y", time_convention="flow")
+    with pytest.raises(ValueError, match="not a diffusers model folder"):
+        convert_checkpoint("diffusers", tmp_path, tmp_path / "y")
+    assert not (tmp_path / "y").exists()

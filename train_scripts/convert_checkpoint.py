@@ -1,0 +1,97 @@
+"""Convert pretrained DiT weights into a ``flow_pipelines.DiTModel`` folder (safetensors).
+
+Examples::
+
+    # SiT (velocity, noise at t = 0): converted to predict our velocity noise - x0 at sigma * 1000.
+    python train_scripts/convert_checkpoint.py --source sit --checkpoint SiT-XL-2-256.pt \\
+        --output_dir sit-xl-2-256 --preset SiT-XL/2
+
+    # Original DiT (DDPM epsilon + learned variance): forward parity with the original, DDPM timesteps.
+    python train_scripts/convert_checkpoint.py --source dit --checkpoint DiT-XL-2-256x256.pt --output_dir dit-xl-2-256
+
+    # diffusers' DiTTransformer2DModel folder (or a DiTPipeline folder with a transformer/ subfolder).
+    python train_scripts/convert_checkpoint.py --source diffusers --checkpoint DiT-XL-2-256 --output_dir dit-xl-2-256
+
+A converted SiT model samples with the flow schedulers directly. A converted DiT model reproduces the
+original's output (epsilon and variance at a DDPM timestep); sampling it with the flow schedulers needs a
+mapping from the DDPM path to the straight path that is not part of this package. Load the result with
+``DiTModel.from_pretrained(output_dir)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from flow_pipelines.models.conversion import SOURCES, convert_checkpoint
+from flow_pipelines.models.transformer_dit import TIME_CONVENTIONS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Args:
+        argv: Arguments (defaults to ``sys.argv[1:]``).
+
+    Returns:
+        The parsed arguments.
+    """
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--source", required=True, choices=SOURCES, help="Kind of checkpoint to convert.")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="The .pt file (dit, sit) or the saved diffusers folder (diffusers).",
+    )
+    parser.add_argument("--output_dir", required=True, help="Folder to write the converted DiTModel to.")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="dit / sit: preset name such as DiT-XL/2 or SiT-XL/2; checks the shapes and gives the head count.",
+    )
+    parser.add_argument(
+        "--num_attention_heads",
+        type=int,
+        default=None,
+        help="dit / sit: head count, needed only for widths other than the paper's (384, 768, 1024, 1152).",
+    )
+    parser.add_argument(
+        "--time_convention",
+        default=None,
+        choices=TIME_CONVENTIONS,
+        help="diffusers only: what the weights were trained for (default ddpm, as diffusers' DiT pipelines).",
+    )
+    parser.add_argument(
+        "--no_verify", action="store_true", help="diffusers only: skip comparing both models' outputs."
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the conversion and print a summary.
+
+    Args:
+        argv: Arguments (defaults to ``sys.argv[1:]``).
+    """
+    args = parse_args(argv)
+    model = convert_checkpoint(
+        args.source,
+        args.checkpoint,
+        args.output_dir,
+        preset=args.preset,
+        num_attention_heads=args.num_attention_heads,
+        time_convention=args.time_convention,
+        verify=not args.no_verify,
+    )
+    config = model.config
+    parameters = sum(p.numel() for p in model.parameters())
+    print(
+        f"Wrote {args.output_dir}: DiTModel {config.hidden_size} wide, {config.num_layers} blocks, "
+        f"{config.num_attention_heads} heads, patch {config.patch_size}, {parameters / 1e6:.1f}M parameters, "
+        f"time_convention={config.time_convention!r}, prediction_type={config.prediction_type!r}."
+    )
+
+
+if __name__ == "__main__":
+    main()
