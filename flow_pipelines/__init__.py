@@ -4,12 +4,22 @@ Public names: ``FlowPipeline``, ``DiTModel``, ``FlowEulerScheduler``, ``FlowHeun
 ``FlowSDEScheduler``.
 """
 
+# diffusers resolves the components of a registered library through these base-class names.
+from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
+
+from . import diffusers_integration
+from .models import DiTModel
+from .pipelines import FlowPipeline
 from .schedulers import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler
+
+diffusers_integration.register({"FlowPipeline": FlowPipeline})
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiTModel",
     "FlowEulerScheduler",
     "FlowHeunScheduler",
+    "FlowPipeline",
     "FlowSDEScheduler",
 ]

@@ -1,0 +1,248 @@
+"""Sample a labelled image grid from a saved `FlowPipeline`: one row per class.
+
+Example::
+
+    python -m flow_pipelines.sample --model outputs/digits --class-labels 3 7 -1 --steps 30 \\
+        --guidance 4 --scheduler heun --seed 0 --batch-size 8 --out grid.png
+
+``--class-labels`` takes class ids, class names (from the pipeline's ``id2label``) or ``-1`` for a
+random class. Column ``k`` of every row starts from the same noise (seed ``seed + k``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import random
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .pipelines import FlowPipeline
+from .schedulers import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler
+from .visualization import make_labelled_grid
+
+RANDOM_CLASS = -1
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def _shift_of(config: dict[str, Any]) -> float:
+    """The shift of a flow scheduler config: ``shift`` (FlowMatch / ours) or ``flow_shift`` (multistep solvers)."""
+    return float(config.get("shift", config.get("flow_shift", 1.0)))
+
+
+def _from_config(
+    scheduler_class: type[SchedulerMixin], config: dict[str, Any], **overrides: Any
+) -> SchedulerMixin:
+    """``from_config`` with only the keys the class takes, so that no foreign key draws a warning."""
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    kept = {key: value for key, value in config.items() if key in accepted}
+    return scheduler_class.from_config({**kept, **overrides})
+
+
+def _ours(scheduler_class: type[SchedulerMixin]) -> Callable[[dict[str, Any], str], SchedulerMixin]:
+    def build(config: dict[str, Any], prediction_type: str) -> SchedulerMixin:
+        return _from_config(scheduler_class, config, shift=_shift_of(config), prediction_type=prediction_type)
+
+    return build
+
+
+def _flow_match(scheduler_class: type[SchedulerMixin]) -> Callable[[dict[str, Any], str], SchedulerMixin]:
+    # diffusers' FlowMatch schedulers take velocity only; the pipeline rejects any other model output.
+    def build(config: dict[str, Any], prediction_type: str) -> SchedulerMixin:
+        return _from_config(scheduler_class, config, shift=_shift_of(config))
+
+    return build
+
+
+def _multistep_flow(scheduler_class: type[SchedulerMixin]) -> Callable[[dict[str, Any], str], SchedulerMixin]:
+    # diffusers calls the velocity "flow_prediction"; "sample" and "epsilon" keep their names.
+    def build(config: dict[str, Any], prediction_type: str) -> SchedulerMixin:
+        return _from_config(
+            scheduler_class,
+            config,
+            use_flow_sigmas=True,
+            prediction_type={"velocity": "flow_prediction"}.get(prediction_type, prediction_type),
+            flow_shift=_shift_of(config),
+        )
+
+    return build
+
+
+SCHEDULERS: dict[str, Callable[[dict[str, Any], str], SchedulerMixin]] = {
+    "euler": _ours(FlowEulerScheduler),
+    "heun": _ours(FlowHeunScheduler),
+    "sde": _ours(FlowSDEScheduler),
+    "flowmatch-euler": _flow_match(FlowMatchEulerDiscreteScheduler),
+    "flowmatch-heun": _flow_match(FlowMatchHeunDiscreteScheduler),
+    "dpm": _multistep_flow(DPMSolverMultistepScheduler),
+    "unipc": _multistep_flow(UniPCMultistepScheduler),
+}
+
+
+def make_scheduler(name: str, config: dict[str, Any], prediction_type: str = "velocity") -> SchedulerMixin:
+    """Build a flow scheduler by short name from another scheduler's config.
+
+    Args:
+        name: One of `SCHEDULERS`: ``euler``, ``heun``, ``sde`` (this package), ``flowmatch-euler``,
+            ``flowmatch-heun`` (diffusers' FlowMatch schedulers), ``dpm``, ``unipc`` (diffusers'
+            multistep solvers in flow mode).
+        config: The config to start from (typically ``pipeline.scheduler.config``); its ``shift`` carries over.
+        prediction_type: What the model predicts (``"velocity"``, ``"sample"`` or ``"epsilon"``).
+
+    Returns:
+        The scheduler.
+
+    Raises:
+        ValueError: For an unknown name.
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler={name!r} is not supported; allowed: {', '.join(SCHEDULERS)}.")
+    return SCHEDULERS[name](dict(config), prediction_type)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface.
+
+    Returns:
+        The argument parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m flow_pipelines.sample",
+        description="Sample a labelled grid (one row per class) from a saved FlowPipeline.",
+    )
+    parser.add_argument("--model", required=True, help="Saved pipeline folder or Hub repo id.")
+    parser.add_argument(
+        "--class-labels",
+        nargs="+",
+        default=["-1"],
+        help="Class ids, class names, or -1 for a random class; one grid row each.",
+    )
+    parser.add_argument("--steps", type=int, default=30, help="Sampling steps.")
+    parser.add_argument(
+        "--guidance", type=float, default=4.0, help="Classifier-free guidance scale (1 = none)."
+    )
+    parser.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="Guide only for noise levels LOW <= sigma <= HIGH (1 = noise).",
+    )
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="euler", help="Sampler.")
+    parser.add_argument("--seed", type=int, default=0, help="Column k starts from the noise of seed + k.")
+    parser.add_argument("--batch-size", type=int, default=8, help="Images per class (grid columns).")
+    parser.add_argument("--out", type=Path, default=Path("grid.png"), help="Where to write the PNG grid.")
+    parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="Model precision.")
+    parser.add_argument(
+        "--min-cell-size", type=int, default=64, help="Upscale images to at least this many pixels."
+    )
+    return parser
+
+
+def _parse_labels(values: Sequence[str], num_classes: int, seed: int) -> list[int | str]:
+    """Integers stay ids (-1 becomes a random class drawn from ``seed``); anything else is a class name."""
+    rng = random.Random(seed)
+    labels: list[int | str] = []
+    for value in values:
+        try:
+            number = int(value)
+        except ValueError:
+            labels.append(value)
+            continue
+        labels.append(rng.randrange(num_classes) if number == RANDOM_CLASS else number)
+    return labels
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the command line: load the pipeline, sample, write the grid.
+
+    Args:
+        argv: Arguments without the program name (``sys.argv[1:]`` when None).
+
+    Returns:
+        The path of the written PNG.
+
+    Raises:
+        ValueError: For a non-positive ``--steps`` or ``--batch-size``, an unknown class name or an
+            out-of-range id, or a model folder that lacks files.
+    """
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size} must be >= 1.")
+    if args.steps < 1:
+        raise ValueError(f"--steps {args.steps} must be >= 1.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    with warnings.catch_warnings():
+        # `torch_dtype` works on every supported diffusers; newer ones prefer the name `dtype` and say so.
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        pipeline = FlowPipeline.from_pretrained(str(args.model), torch_dtype=DTYPES[args.dtype]).to(device)
+    prediction_type = getattr(pipeline.transformer.config, "prediction_type", None) or "velocity"
+    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config, prediction_type)
+
+    labels = _parse_labels(args.class_labels, pipeline.null_class_id, args.seed)
+    class_ids = pipeline.label_ids(labels)  # validates names and ranges before sampling
+    names = pipeline.id2label
+    row_labels = [names.get(class_id, str(class_id)) for class_id in class_ids]
+
+    batch_labels = [class_id for class_id in class_ids for _ in range(args.batch_size)]
+    generators = [
+        torch.Generator(device="cpu").manual_seed(args.seed + column)
+        for _ in class_ids
+        for column in range(args.batch_size)
+    ]
+    images = pipeline(
+        batch_labels,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+        generator=generators,
+    ).images
+    rows = [images[row * args.batch_size : (row + 1) * args.batch_size] for row in range(len(class_ids))]
+    grid = make_labelled_grid(rows, row_labels, min_cell_size=args.min_cell_size)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(args.out)
+    print(
+        f"wrote {args.out}: {len(class_ids)} classes x {args.batch_size} images, "
+        f"{type(pipeline.scheduler).__name__}, {args.steps} steps, guidance {args.guidance:g}"
+    )
+    return args.out
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m flow_pipelines.sample``: `main`, with bad input reported as one line.
+
+    Args:
+        argv: Arguments without the program name (``sys.argv[1:]`` when None).
+
+    Returns:
+        The exit status: 0 on success, 2 for bad input (after printing ``error: ...`` to stderr).
+    """
+    try:
+        main(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

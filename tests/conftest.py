@@ -1,0 +1,161 @@
+"""Shared test setup: offline Hub and wandb, and an offline Hugging Face cache that serves repo ids."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub or wandb: both read these at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _git_blob_id(path: Path) -> str:
+    """The git object id of a file, as the Hub reports it in tree listings."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def populate_hub_cache(folder: str | os.PathLike, cache_dir: str | os.PathLike, repo_id: str) -> Path:
+    """Lay out ``folder`` in a Hugging Face cache as repo ``repo_id`` at a fake commit, as a download would.
+
+    Writes ``models--ORG--NAME/snapshots/REV/`` (the files), ``refs/main`` (``REV``) and
+    ``trees/REV.json`` (the repo's file listing, huggingface_hub's tree cache format 1), so that with
+    ``HF_HUB_OFFLINE=1`` ``from_pretrained(repo_id, cache_dir=cache_dir)`` runs the real Hub code path,
+    including diffusers' component checks that read the listing.
+
+    Args:
+        folder: The saved model or pipeline folder to serve.
+        cache_dir: The hub cache root (what ``HF_HUB_CACHE`` or ``cache_dir=`` points to).
+        repo_id: ``"org/name"``.
+
+    Returns:
+        The snapshot folder.
+    """
+    folder, cache_dir = Path(folder), Path(cache_dir)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    revision = hashlib.sha1(
+        "".join(f"{p.relative_to(folder)}:{_git_blob_id(p)}" for p in files).encode()
+    ).hexdigest()
+    storage = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    snapshot = storage / "snapshots" / revision
+    shutil.copytree(folder, snapshot, dirs_exist_ok=True)
+    (storage / "refs").mkdir(parents=True, exist_ok=True)
+    (storage / "refs" / "main").write_text(revision)
+    listing = {
+        "format_version": 1,
+        "files": {
+            p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "blob_id": _git_blob_id(p)}
+            for p in files
+        },
+    }
+    (storage / "trees").mkdir(parents=True, exist_ok=True)
+    (storage / "trees" / f"{revision}.json").write_text(json.dumps(listing, indent=1))
+    return snapshot
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str | os.PathLike, str], Path]:
+    """Serve saved folders as Hub repo ids from a fresh cache, offline.
+
+    The cache becomes the default one for the test (``HF_HUB_CACHE``, ``HF_HOME``, and the
+    ``huggingface_hub.constants`` values read at import), so repo ids load with or without ``cache_dir=``.
+
+    Returns:
+        ``serve(folder, repo_id) -> snapshot``; the cache root is ``serve.cache_dir``.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    cache_dir = tmp_path / "hf_home" / "hub"
+    cache_dir.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(cache_dir.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HOME", str(cache_dir.parent))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache_dir))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+
+    def serve(folder: str | os.PathLike, repo_id: str) -> Path:
+        return populate_hub_cache(folder, cache_dir, repo_id)
+
+    serve.cache_dir = cache_dir
+    return serve
+
+
+@pytest.fixture
+def make_flow_pipeline() -> Callable[..., object]:
+    """Build a tiny `FlowPipeline` (DiTModel with perturbed weights, optional tiny VAE), offline.
+
+    A fresh DiTModel outputs exactly zero; the weights are perturbed so that the output depends on the
+    input, the time and the label.
+
+    Returns:
+        ``build(in_channels=1, sample_size=8, num_classes=10, vae=False, scheduler=None, id2label=None,
+        seed=0, **model_overrides) -> FlowPipeline``; ``vae=True`` adds a 2-level ``AutoencoderKL`` (latent
+        channels = ``in_channels``, RGB output, scaling 0.5, shift 0.1); ``id2label="digits"`` names the
+        classes ``"digit 0"``, ``"digit 1"``, ...
+    """
+    import torch
+    from diffusers import AutoencoderKL
+
+    from flow_pipelines import DiTModel, FlowEulerScheduler, FlowPipeline
+
+    def build(
+        in_channels: int = 1,
+        sample_size: int = 8,
+        num_classes: int = 10,
+        vae: bool = False,
+        scheduler=None,
+        id2label=None,
+        seed: int = 0,
+        **model_overrides,
+    ) -> FlowPipeline:
+        torch.manual_seed(seed)
+        config = {
+            "sample_size": sample_size,
+            "patch_size": 2,
+            "in_channels": in_channels,
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_attention_heads": 2,
+            "mlp_ratio": 2.0,
+            "num_classes": num_classes,
+        }
+        transformer = DiTModel(**{**config, **model_overrides})
+        with torch.no_grad():
+            for parameter in transformer.parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+        autoencoder = None
+        if vae:
+            autoencoder = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                latent_channels=in_channels,
+                down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+                block_out_channels=(8, 16),
+                layers_per_block=1,
+                norm_num_groups=4,
+                sample_size=2 * sample_size,
+                scaling_factor=0.5,
+                shift_factor=0.1,
+            )
+        if id2label == "digits":
+            id2label = {i: f"digit {i}" for i in range(num_classes)}
+        pipeline = FlowPipeline(
+            transformer=transformer.eval(),
+            scheduler=scheduler if scheduler is not None else FlowEulerScheduler(),
+            vae=autoencoder.eval() if autoencoder is not None else None,
+            id2label=id2label,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    return build

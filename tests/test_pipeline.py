@@ -1,0 +1,461 @@
+"""FlowPipeline sampling: outputs, reproducibility, guidance, schedulers, VAE, callbacks, labels, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    ImagePipelineOutput,
+    UniPCMultistepScheduler,
+)
+
+from flow_pipelines import DiTModel, FlowEulerScheduler, FlowHeunScheduler, FlowPipeline, FlowSDEScheduler
+from flow_pipelines.sample import SCHEDULERS, make_scheduler
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny models on a shared 2-core machine: one intra-op thread avoids spin-wait contention.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def record_calls(transformer: torch.nn.Module):
+    """Record (batch size, timesteps, class labels) of every transformer forward."""
+    calls: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def hook(module, args, kwargs, output):
+        calls.append(
+            (kwargs["hidden_states"].shape[0], kwargs["timestep"].clone(), kwargs["class_labels"].clone())
+        )
+
+    handle = transformer.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def euler_reference(
+    transformer, noise: torch.Tensor, labels: list[int], steps: int, scale: float, interval=(0.0, 1.0)
+) -> torch.Tensor:
+    """Euler on dx/dsigma = v from 1 to 0 in equal steps, guidance from separate cond/uncond calls."""
+    x = noise.clone()
+    cond_ids = torch.tensor(labels)
+    null_ids = torch.full_like(cond_ids, transformer.config.num_classes)
+    sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).float()
+    with torch.no_grad():
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+            t = (sigma * 1000).expand(len(labels))
+            velocity = transformer(x, t, cond_ids).sample
+            if scale != 1.0 and interval[0] <= float(sigma) <= interval[1]:
+                uncond = transformer(x, t, null_ids).sample
+                velocity = uncond + scale * (velocity - uncond)
+            x = x + (sigma_next - sigma) * velocity
+    return x
+
+
+def noise_for(pipeline: FlowPipeline, batch: int, seed: int = 0) -> torch.Tensor:
+    config = pipeline.transformer.config
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, config.in_channels, config.sample_size, config.sample_size, generator=generator)
+
+
+# ----------------------------------------------------------------------------- outputs
+def test_output_types_shapes_and_ranges(make_flow_pipeline):
+    pipe = make_flow_pipeline(in_channels=1)
+    kwargs = {"num_inference_steps": 3, "guidance_scale": 2.0}
+    latent = pipe(
+        [1, 2, 3], generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs
+    ).images
+    pt = pipe([1, 2, 3], generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs).images
+    np_images = pipe([1, 2, 3], generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images
+    output = pipe([1, 2, 3], generator=torch.Generator().manual_seed(0), **kwargs)
+
+    assert isinstance(output, ImagePipelineOutput)
+    assert latent.shape == (3, 1, 8, 8) and latent.dtype == torch.float32
+    assert pt.shape == (3, 1, 8, 8) and 0 <= pt.min() and pt.max() <= 1
+    torch.testing.assert_close(pt, (latent / 2 + 0.5).clamp(0, 1))
+    assert isinstance(np_images, np.ndarray) and np_images.shape == (3, 8, 8, 1)
+    np.testing.assert_allclose(np_images, pt.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    images = output.images
+    assert len(images) == 3 and all(isinstance(image, PIL.Image.Image) for image in images)
+    assert all(image.mode == "L" and image.size == (8, 8) for image in images)
+    np.testing.assert_array_equal(
+        np.asarray(images[0]), (np_images[0, ..., 0] * 255).round().astype(np.uint8)
+    )
+
+    (single,) = pipe(4, num_inference_steps=2, output_type="np", return_dict=False)
+    assert single.shape == (1, 8, 8, 1)
+
+
+def test_rgb_pixel_space_gives_rgb_images(make_flow_pipeline):
+    pipe = make_flow_pipeline(in_channels=3)
+    images = pipe([0, 1], num_inference_steps=2).images
+    assert [image.mode for image in images] == ["RGB", "RGB"] and images[0].size == (8, 8)
+
+
+# ----------------------------------------------------------------------------- reproducibility
+def test_same_generator_same_images(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+    first = pipe(
+        [1, 2], num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="pt"
+    ).images
+    second = pipe(
+        [1, 2], num_inference_steps=3, generator=torch.Generator().manual_seed(7), output_type="pt"
+    ).images
+    other = pipe(
+        [1, 2], num_inference_steps=3, generator=torch.Generator().manual_seed(8), output_type="pt"
+    ).images
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert not torch.allclose(first, other)
+
+
+@pytest.mark.parametrize("scheduler_name", ["euler", "sde"])
+def test_image_is_the_same_alone_or_in_a_batch(make_flow_pipeline, scheduler_name):
+    pipe = make_flow_pipeline()
+    pipe.scheduler = make_scheduler(scheduler_name, pipe.scheduler.config)
+    seeds, labels = [11, 12, 13], [3, 5, 7]
+    batch = pipe(
+        labels,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        output_type="latent",
+    ).images
+    alone = pipe(
+        [5],
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        generator=[torch.Generator().manual_seed(12)],
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(batch[1:2], alone, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- guidance
+def test_guidance_matches_hand_written_euler(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+    noise = noise_for(pipe, 3)
+    for scale in (1.0, 3.5, 0.0):
+        got = pipe(
+            [1, 4, 9], num_inference_steps=5, guidance_scale=scale, latents=noise, output_type="latent"
+        ).images
+        expected = euler_reference(pipe.transformer, noise, [1, 4, 9], steps=5, scale=scale)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_guidance_one_is_exactly_the_unguided_path(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+    noise = noise_for(pipe, 2)
+    with record_calls(pipe.transformer) as calls:
+        scale_one = pipe(
+            [2, 3], num_inference_steps=4, guidance_scale=1.0, latents=noise, output_type="latent"
+        ).images
+    assert [batch for batch, _, _ in calls] == [2] * 4  # no doubled batch at scale 1
+    # A guidance interval that contains no noise level turns guidance off: the same computation.
+    outside = pipe(
+        [2, 3],
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        guidance_interval=(1.5, 2.0),
+        latents=noise,
+        output_type="latent",
+    ).images
+    assert torch.equal(scale_one, outside)
+
+
+def test_cfg_is_one_batched_call_per_evaluation(make_flow_pipeline):
+    pipe = make_flow_pipeline(num_classes=10)
+    for scheduler_name in ("euler", "heun"):
+        pipe.scheduler = make_scheduler(scheduler_name, pipe.scheduler.config)
+        with record_calls(pipe.transformer) as calls:
+            pipe([4, 6], num_inference_steps=3, guidance_scale=2.0, output_type="latent")
+        assert len(calls) == len(pipe.scheduler.timesteps) == pipe.num_timesteps
+        for batch, timestep, labels in calls:
+            assert batch == 4
+            assert labels.tolist() == [4, 6, 10, 10]  # conditional half, then the null class num_classes
+            assert timestep.shape == (4,) and timestep.dtype == torch.float32
+        torch.testing.assert_close(torch.stack([t[0] for _, t, _ in calls]), pipe.scheduler.timesteps)
+
+
+def test_guidance_interval_uses_batch_b_outside(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+    noise = noise_for(pipe, 2)
+    interval = (0.3, 0.7)
+    with record_calls(pipe.transformer) as calls:
+        got = pipe(
+            [1, 2],
+            num_inference_steps=10,
+            guidance_scale=4.0,
+            guidance_interval=interval,
+            latents=noise,
+            output_type="latent",
+        ).images
+    sigmas = [float(t[0]) / 1000 for _, t, _ in calls]
+    assert len(calls) == 10
+    assert [batch for batch, _, _ in calls] == [4 if interval[0] <= s <= interval[1] else 2 for s in sigmas]
+    assert {batch for batch, _, _ in calls} == {2, 4}
+    expected = euler_reference(pipe.transformer, noise, [1, 2], steps=10, scale=4.0, interval=interval)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- schedulers
+def test_every_flow_scheduler_samples_the_same_flow(make_flow_pipeline):
+    """Each scheduler swapped in through from_config receives its own timesteps and lands near a fine Euler solution."""
+    pipe = make_flow_pipeline()
+    noise = noise_for(pipe, 2)
+    reference = euler_reference(pipe.transformer, noise, [3, 8], steps=200, scale=2.0)
+    expected_classes = {
+        "euler": FlowEulerScheduler,
+        "heun": FlowHeunScheduler,
+        "sde": FlowSDEScheduler,
+        "flowmatch-euler": FlowMatchEulerDiscreteScheduler,
+        "flowmatch-heun": FlowMatchHeunDiscreteScheduler,
+        "dpm": DPMSolverMultistepScheduler,
+        "unipc": UniPCMultistepScheduler,
+    }
+    assert set(expected_classes) == set(SCHEDULERS)
+    for name, scheduler_class in expected_classes.items():
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+        assert (
+            type(pipe.scheduler) is scheduler_class and pipe.config.scheduler[1] == scheduler_class.__name__
+        )
+        with record_calls(pipe.transformer) as calls:
+            got = pipe(
+                [3, 8],
+                num_inference_steps=16,
+                guidance_scale=2.0,
+                latents=noise,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+            ).images
+        timesteps = pipe.scheduler.timesteps
+        assert len(calls) == len(timesteps)
+        torch.testing.assert_close(torch.stack([t[0] for _, t, _ in calls]), timesteps.float())
+        error = (got - reference).abs().max().item()
+        if name == "sde":
+            # Stochastic: a different sample of the same distribution; it still ends at finite data.
+            assert torch.isfinite(got).all() and error > 0.05
+        else:
+            assert error < 0.02, f"{name}: max deviation {error:.4f} from the fine Euler solution"
+
+
+def test_scheduler_swaps_back_and_forth_through_from_config(make_flow_pipeline):
+    pipe = make_flow_pipeline(scheduler=FlowEulerScheduler(shift=2.0))
+    pipe.scheduler = FlowHeunScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = FlowSDEScheduler.from_config(pipe.scheduler.config)
+    assert pipe.scheduler.config.shift == 2.0
+    assert pipe([1], num_inference_steps=2, output_type="pt").images.shape == (1, 1, 8, 8)
+    for name in SCHEDULERS:  # the shift survives every swap, whatever the config key is called
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+        assert pipe.scheduler.config.get("shift", pipe.scheduler.config.get("flow_shift")) == 2.0
+
+
+def test_dynamic_shifting_scheduler_gets_mu(make_flow_pipeline):
+    pipe = make_flow_pipeline(scheduler=FlowEulerScheduler(use_dynamic_shifting=True))
+    pipe([1], num_inference_steps=3, output_type="latent")
+    # 16 tokens: mu from the FLUX line through (256, 0.5) and (4096, 1.15), i.e. a shift below 1.
+    mu = 0.5 + (16 - 256) * (1.15 - 0.5) / (4096 - 256)
+    shifted_first_step = np.exp(mu) * (2 / 3) / (1 + (np.exp(mu) - 1) * (2 / 3))
+    assert pipe.scheduler.sigmas[1].item() == pytest.approx(shifted_first_step, rel=1e-5)
+    pipe([1], num_inference_steps=3, mu=0.0, output_type="latent")
+    assert pipe.scheduler.sigmas[1].item() == pytest.approx(2 / 3, rel=1e-6)
+
+
+def test_explicit_sigmas_are_passed_only_when_accepted(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+    with record_calls(pipe.transformer) as calls:
+        pipe([1], sigmas=[1.0, 0.6, 0.2], output_type="latent")
+    assert [round(float(t[0]), 3) for _, t, _ in calls] == [1000.0, 600.0, 200.0]
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(
+        ValueError, match="FlowMatchHeunDiscreteScheduler.set_timesteps does not accept sigmas"
+    ):
+        pipe([1], sigmas=[1.0, 0.5])
+    assert pipe([1], num_inference_steps=2, output_type="latent").images.shape == (1, 1, 8, 8)
+
+
+def test_progress_bar_counts_every_model_evaluation(make_flow_pipeline):
+    pipe = make_flow_pipeline(scheduler=FlowHeunScheduler())
+    stream = io.StringIO()
+    pipe.set_progress_bar_config(file=stream, ascii=True)
+    pipe([1], num_inference_steps=3, guidance_scale=1.0, output_type="latent")
+    assert len(pipe.scheduler.timesteps) == 5 and "5/5" in stream.getvalue()
+    pipe.set_progress_bar_config(disable=True)
+
+
+# ----------------------------------------------------------------------------- VAE
+def test_vae_latents_are_rescaled_and_decoded(make_flow_pipeline):
+    pipe = make_flow_pipeline(in_channels=4, vae=True)
+    assert pipe.vae_scale_factor == 2
+    noise = noise_for(pipe, 2)
+    latents = pipe([1, 2], num_inference_steps=3, latents=noise, output_type="latent").images
+    images = pipe([1, 2], num_inference_steps=3, latents=noise, output_type="pt").images
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / 0.5 + 0.1).sample
+    assert latents.shape == (2, 4, 8, 8) and images.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(images, (decoded / 2 + 0.5).clamp(0, 1))
+    pil = pipe([1], num_inference_steps=2).images[0]
+    assert pil.mode == "RGB" and pil.size == (16, 16)
+
+    pipe.vae.register_to_config(shift_factor=None)  # no shift factor: decode latents / scaling_factor
+    images = pipe([1, 2], num_inference_steps=3, latents=noise, output_type="pt").images
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / 0.5).sample
+    torch.testing.assert_close(images, (decoded / 2 + 0.5).clamp(0, 1))
+
+
+# ----------------------------------------------------------------------------- callbacks
+def test_callback_edits_latents(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+    noise = noise_for(pipe, 2)
+    plain = pipe([1, 2], num_inference_steps=4, latents=noise, output_type="latent").images
+    seen: list[tuple[int, float, int, float]] = []
+
+    def shift_last(pipeline, step, timestep, callback_kwargs):
+        seen.append((step, float(timestep), pipeline.num_timesteps, pipeline.guidance_scale))
+        if step == pipeline.num_timesteps - 1:
+            return {"latents": callback_kwargs["latents"] + 1.0}
+        return {}
+
+    edited = pipe(
+        [1, 2], num_inference_steps=4, latents=noise, output_type="latent", callback_on_step_end=shift_last
+    ).images
+    torch.testing.assert_close(edited, plain + 1.0, rtol=0, atol=0)
+    assert seen == [(i, 1000.0 - 250.0 * i, 4, 4.0) for i in range(4)]
+
+
+def test_callback_changes_guidance_and_interrupts(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+
+    def stop_guiding(pipeline, step, timestep, callback_kwargs):
+        if step == 1:
+            pipeline.guidance_scale = 1.0  # the public setter
+        if step == 3:
+            pipeline._guidance_scale = 2.0  # what diffusers' own callbacks assign
+        return callback_kwargs
+
+    with record_calls(pipe.transformer) as calls:
+        pipe(
+            [1, 2],
+            num_inference_steps=6,
+            guidance_scale=4.0,
+            callback_on_step_end=stop_guiding,
+            output_type="latent",
+        )
+    assert [batch for batch, _, _ in calls] == [4, 4, 2, 2, 4, 4]
+
+    def interrupt(pipeline, step, timestep, callback_kwargs):
+        pipeline._interrupt = step == 1
+        return callback_kwargs
+
+    with record_calls(pipe.transformer) as calls:
+        pipe(
+            [1],
+            num_inference_steps=6,
+            guidance_scale=1.0,
+            callback_on_step_end=interrupt,
+            output_type="latent",
+        )
+    assert len(calls) == 2 and pipe.interrupt
+
+
+# ----------------------------------------------------------------------------- labels
+def test_class_names_and_ids(make_flow_pipeline):
+    pipe = make_flow_pipeline(id2label={0: "tench, Tinca tinca", 1: "goldfish", 2: "digit 3", 3: "3"})
+    assert pipe.id2label == {0: "tench, Tinca tinca", 1: "goldfish", 2: "digit 3", 3: "3"}
+    assert pipe.label_ids("goldfish") == [1]
+    assert pipe.label_ids("digit 3") == [2]  # one name, not characters
+    assert pipe.label_ids("3") == [3]  # a string is a name, even when it looks like a number
+    assert pipe.label_ids(["Tench", "tinca tinca", 5, "GoldFish"]) == [0, 0, 5, 1]
+    assert pipe.label_ids(torch.tensor([7, 8])) == [7, 8]
+    assert pipe.label_ids(np.int64(9)) == [9]
+    noise = noise_for(pipe, 2)
+    by_name = pipe(["goldfish", "digit 3"], num_inference_steps=2, latents=noise, output_type="latent").images
+    by_id = pipe([1, 2], num_inference_steps=2, latents=noise, output_type="latent").images
+    assert torch.equal(by_name, by_id)
+
+
+# ----------------------------------------------------------------------------- dtype
+def test_to_dtype_runs_the_transformer_in_that_dtype(make_flow_pipeline):
+    pipe = make_flow_pipeline().to(torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.dtype == torch.bfloat16
+    with record_calls(pipe.transformer) as calls:
+        images = pipe([1], num_inference_steps=2, output_type="pt").images
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    assert len(calls) == 2
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"class_labels": "goldfish"}, r"unknown class name 'goldfish'; known names: 'digit 0', 'digit 1'"),
+        ({"class_labels": [1, 10]}, r"class label 10 is out of range; allowed class ids are 0\.\.9"),
+        ({"class_labels": -1}, r"class label -1 is out of range"),
+        ({"class_labels": []}, r"class_labels is empty"),
+        ({"class_labels": [1.5]}, r"class label 1\.5 must be an integer class id or a class name"),
+        ({"guidance_scale": -0.5}, r"guidance_scale=-0\.5 must be a finite number >= 0"),
+        ({"num_inference_steps": 0}, r"num_inference_steps=0 must be an integer >= 1"),
+        ({"latents": torch.zeros(2, 1, 4, 4)}, r"latents has shape \(2, 1, 4, 4\); expected \(1, 1, 8, 8\)"),
+        ({"output_type": "jpg"}, r"output_type='jpg' is not supported; allowed: pil, np, pt, latent"),
+        (
+            {"guidance_interval": (0.8, 0.2)},
+            r"guidance_interval=\(0\.8, 0\.2\) must satisfy 0 <= low <= high",
+        ),
+        (
+            {"generator": [torch.Generator(), torch.Generator()]},
+            r"got a list of 2 generators for 1 class labels",
+        ),
+        (
+            {"callback_on_step_end_tensor_inputs": ["noise"]},
+            r"callback_on_step_end_tensor_inputs has \['noise'\]",
+        ),
+    ],
+)
+def test_bad_call_arguments_fail_before_any_work(make_flow_pipeline, kwargs, message):
+    pipe = make_flow_pipeline(id2label="digits")
+    arguments = {"class_labels": 1, "num_inference_steps": 2, **kwargs}
+    with record_calls(pipe.transformer) as calls, pytest.raises(ValueError, match=message):
+        pipe(**arguments)
+    assert calls == []
+
+
+def test_incompatible_schedulers_are_rejected(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+    pipe.scheduler = DPMSolverMultistepScheduler()  # diffusion mode, not flow
+    with pytest.raises(
+        ValueError,
+        match="DPMSolverMultistepScheduler is not in flow mode; create it with use_flow_sigmas=True",
+    ):
+        pipe(1)
+    pipe.scheduler = FlowEulerScheduler(prediction_type="sample")
+    with pytest.raises(
+        ValueError, match="transformer predicts 'velocity' but FlowEulerScheduler expects 'sample'"
+    ):
+        pipe(1)
+
+
+def test_bad_components_are_rejected_at_construction(make_flow_pipeline):
+    pipe = make_flow_pipeline(in_channels=4, vae=True)
+    other = make_flow_pipeline(in_channels=3)
+    with pytest.raises(ValueError, match="VAE has latent_channels=4 but the transformer has in_channels=3"):
+        FlowPipeline(transformer=other.transformer, scheduler=other.scheduler, vae=pipe.vae)
+    with pytest.raises(ValueError, match="id2label has class id 12; allowed ids are 0..9"):
+        FlowPipeline(transformer=other.transformer, scheduler=other.scheduler, id2label={12: "twelve"})
+    learned_sigma = DiTModel(**{**other.transformer.config, "in_channels": 2, "out_channels": 4})
+    with pytest.raises(ValueError, match="in_channels=2 but out_channels=4"):
+        FlowPipeline(transformer=learned_sigma, scheduler=FlowEulerScheduler())

@@ -1,0 +1,286 @@
+"""FlowPipeline save/load: folder layout, both loaders, Hub repo ids from an offline cache, variants, atomicity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
+from diffusers.pipelines import pipeline_loading_utils
+from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tuple
+
+from flow_pipelines import FlowEulerScheduler, FlowPipeline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def sample(pipe: FlowPipeline, labels=(1, 2), steps: int = 3) -> torch.Tensor:
+    config = pipe.transformer.config
+    noise = torch.randn(
+        len(labels),
+        config.in_channels,
+        config.sample_size,
+        config.sample_size,
+        generator=torch.Generator().manual_seed(0),
+    )
+    return pipe(
+        list(labels), num_inference_steps=steps, guidance_scale=3.0, latents=noise, output_type="pt"
+    ).images
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_saved_folder_names_flow_pipelines_and_loads_with_both_loaders(make_flow_pipeline, tmp_path):
+    pipe = make_flow_pipeline(id2label="digits")
+    expected = sample(pipe)
+    pipe.save_pretrained(tmp_path / "pipe")
+
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["_class_name"] == "FlowPipeline" and "_diffusers_version" in index
+    assert index["transformer"] == ["flow_pipelines", "DiTModel"]
+    assert index["scheduler"] == ["flow_pipelines", "FlowEulerScheduler"]
+    assert index["vae"] == [None, None]
+    assert index["id2label"] == {str(i): f"digit {i}" for i in range(10)}
+    files = set(tree_digest(tmp_path / "pipe"))
+    assert files == {
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+    }
+
+    for loader in (FlowPipeline, DiffusionPipeline):
+        loaded = loader.from_pretrained(tmp_path / "pipe")
+        loaded.set_progress_bar_config(disable=True)
+        assert type(loaded) is FlowPipeline and loaded.vae is None
+        assert type(loaded.scheduler) is FlowEulerScheduler
+        assert loaded.id2label == {i: f"digit {i}" for i in range(10)}
+        assert loaded.label_ids(["digit 7", 3]) == [7, 3]
+        assert torch.equal(sample(loaded), expected)
+
+
+@pytest.mark.parametrize("pass_cache_dir", [True, False], ids=["cache_dir", "default_cache"])
+def test_hub_repo_id_loads_from_an_offline_cache(make_flow_pipeline, offline_hub, tmp_path, pass_cache_dir):
+    pipe = make_flow_pipeline(id2label="digits")
+    expected = sample(pipe)
+    pipe.save_pretrained(tmp_path / "pipe")
+    snapshot = offline_hub(tmp_path / "pipe", "flow-org/tiny-digits")
+    kwargs = {"cache_dir": offline_hub.cache_dir} if pass_cache_dir else {}
+
+    for loader in (FlowPipeline, DiffusionPipeline):
+        loaded = loader.from_pretrained("flow-org/tiny-digits", **kwargs)
+        loaded.set_progress_bar_config(disable=True)
+        assert type(loaded) is FlowPipeline and loaded.name_or_path == "flow-org/tiny-digits"
+        assert Path(loaded.transformer.config._name_or_path) == snapshot / "transformer"
+        assert loaded.id2label[4] == "digit 4"
+        assert torch.equal(sample(loaded), expected)
+
+
+def test_registration_is_idempotent_and_publishes_the_pipeline():
+    import diffusers
+    from diffusers.pipelines import pipeline_utils
+
+    from flow_pipelines import diffusers_integration
+
+    entry = dict(pipeline_loading_utils.LOADABLE_CLASSES["flow_pipelines"])
+    diffusers_integration.register({"FlowPipeline": FlowPipeline})
+    diffusers_integration.register({"FlowPipeline": FlowPipeline})
+    assert pipeline_loading_utils.LOADABLE_CLASSES["flow_pipelines"] == entry
+    assert set(entry) == {"ModelMixin", "SchedulerMixin", "DiffusionPipeline"}
+    assert pipeline_utils.LIBRARIES.count("flow_pipelines") == 1
+    assert diffusers.FlowPipeline is FlowPipeline
+    # A class diffusers defines itself is never shadowed.
+    diffusers_integration.register({"DDPMPipeline": FlowPipeline})
+    assert diffusers.DDPMPipeline is not FlowPipeline
+
+
+def test_hub_loading_relies_on_the_registration(make_flow_pipeline, offline_hub, tmp_path, monkeypatch):
+    """The cached listing makes diffusers check component libraries, as on the real Hub."""
+    pipe = make_flow_pipeline()
+    assert _fetch_class_library_tuple(pipe.transformer) == ("flow_pipelines", "DiTModel")
+    pipe.save_pretrained(tmp_path / "pipe")
+    offline_hub(tmp_path / "pipe", "flow-org/tiny")
+
+    monkeypatch.delitem(pipeline_loading_utils.LOADABLE_CLASSES, "flow_pipelines")
+    # Unregistered, a component is recorded under its module path, and a Hub repo is rejected.
+    assert _fetch_class_library_tuple(pipe.transformer) == (
+        "flow_pipelines.models.transformer_dit",
+        "DiTModel",
+    )
+    with pytest.raises(
+        ValueError, match=r"flow_pipelines\.py as defined in `model_index.json` does not exist"
+    ):
+        DiffusionPipeline.from_pretrained("flow-org/tiny")
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        FlowMatchEulerDiscreteScheduler(shift=3.0),
+        DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0),
+    ],
+    ids=["flowmatch-euler", "dpm"],
+)
+def test_folder_with_a_diffusers_scheduler_loads(make_flow_pipeline, tmp_path, scheduler):
+    pipe = make_flow_pipeline(scheduler=scheduler)
+    expected = sample(pipe)
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", type(scheduler).__name__]
+    for loader in (FlowPipeline, DiffusionPipeline):
+        loaded = loader.from_pretrained(tmp_path / "pipe")
+        loaded.set_progress_bar_config(disable=True)
+        assert type(loaded.scheduler) is type(scheduler)
+        public = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+        assert {k: loaded.scheduler.config[k] for k in public} == public
+        assert torch.equal(sample(loaded), expected)
+
+
+def test_vae_pipeline_round_trip(make_flow_pipeline, tmp_path):
+    pipe = make_flow_pipeline(in_channels=4, vae=True, id2label="digits")
+    expected = sample(pipe)
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.vae, AutoencoderKL)
+    assert (loaded.vae.config.scaling_factor, loaded.vae.config.shift_factor) == (0.5, 0.1)
+    assert expected.shape == (2, 3, 16, 16) and torch.equal(sample(loaded), expected)
+
+
+@pytest.mark.filterwarnings("ignore:`torch_dtype` is deprecated:FutureWarning")
+def test_fp16_variant_and_torch_dtype(make_flow_pipeline, tmp_path):
+    pipe = make_flow_pipeline(in_channels=4, vae=True)
+    pipe.save_pretrained(tmp_path / "full")
+    pipe.to(torch.float16).save_pretrained(tmp_path / "half", variant="fp16")
+    assert (tmp_path / "half" / "transformer" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    assert (tmp_path / "half" / "vae" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+
+    for loader in (FlowPipeline, DiffusionPipeline):
+        loaded = loader.from_pretrained(tmp_path / "half", variant="fp16", dtype=torch.float16)
+        loaded.set_progress_bar_config(disable=True)
+        assert loaded.transformer.dtype == torch.float16 and loaded.vae.dtype == torch.float16
+        for name, value in pipe.transformer.state_dict().items():
+            assert torch.equal(loaded.transformer.state_dict()[name], value)
+
+    loaded = FlowPipeline.from_pretrained(tmp_path / "full", torch_dtype=torch.bfloat16)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.transformer.dtype == torch.bfloat16
+    images = loaded([1], num_inference_steps=2, output_type="pt").images
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_missing_files_are_named(make_flow_pipeline, tmp_path):
+    pipe = make_flow_pipeline(in_channels=4, vae=True)
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(folder)
+
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").rename(tmp_path / "vae.safetensors")
+    with pytest.raises(
+        ValueError, match=r"lacks the vae weights: vae/diffusion_pytorch_model\.safetensors is missing"
+    ):
+        FlowPipeline.from_pretrained(folder)
+    # A component passed in is not read from the folder, so its files are not required.
+    loaded = FlowPipeline.from_pretrained(folder, vae=pipe.vae)
+    assert loaded.vae is pipe.vae
+    (tmp_path / "vae.safetensors").rename(folder / "vae" / "diffusion_pytorch_model.safetensors")
+
+    scheduler_config = folder / "scheduler" / "scheduler_config.json"
+    scheduler_config.rename(tmp_path / "scheduler_config.json")
+    with pytest.raises(ValueError, match=r"lacks scheduler/scheduler_config\.json"):
+        FlowPipeline.from_pretrained(folder)
+    (tmp_path / "scheduler_config.json").rename(scheduler_config)
+    (folder / "transformer" / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"lacks transformer/config\.json"):
+        FlowPipeline.from_pretrained(folder)
+    (folder / "model_index.json").unlink()
+    with pytest.raises(ValueError, match=r"is not a saved pipeline: .*model_index\.json is missing"):
+        FlowPipeline.from_pretrained(folder)
+
+
+def test_pickle_weights_are_never_written_or_read(make_flow_pipeline, tmp_path):
+    pipe = make_flow_pipeline()
+    with pytest.raises(ValueError, match="safe_serialization=False is not supported"):
+        pipe.save_pretrained(tmp_path / "pipe", safe_serialization=False)
+    assert not (tmp_path / "pipe").exists()
+    pipe.save_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="use_safetensors=False is not supported"):
+        FlowPipeline.from_pretrained(tmp_path / "pipe", use_safetensors=False)
+    weights = tmp_path / "pipe" / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_name("diffusion_pytorch_model.bin"))
+    with pytest.raises(ValueError, match=r"transformer/diffusion_pytorch_model\.safetensors is missing"):
+        FlowPipeline.from_pretrained(tmp_path / "pipe")
+
+
+def test_save_is_atomic(make_flow_pipeline, tmp_path, monkeypatch):
+    folder = tmp_path / "pipe"
+    first = make_flow_pipeline(seed=0, id2label="digits")
+    first.save_pretrained(folder)
+    (folder / "notes.txt").write_text("written beside the first save")
+    before = tree_digest(folder)
+
+    second = make_flow_pipeline(seed=1)
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("disk full")
+
+    # The transformer is written first; the scheduler then fails part-way through the save.
+    monkeypatch.setattr(FlowEulerScheduler, "save_pretrained", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        second.save_pretrained(folder)
+    assert tree_digest(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no staging folder left behind
+
+    monkeypatch.undo()
+    second.save_pretrained(folder)
+    assert "notes.txt" not in tree_digest(folder)  # replaced as a whole, not merged
+    loaded = FlowPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.id2label == {}
+    assert torch.equal(sample(loaded), sample(second))
+
+    # Saving over the folder a pipeline was loaded from works too.
+    loaded.id2label = {0: "zero"}
+    loaded.save_pretrained(folder)
+    assert FlowPipeline.from_pretrained(folder).id2label == {0: "zero"}
+
+
+def test_save_with_push_to_hub_uploads_the_saved_folder(make_flow_pipeline, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from .hub_stand_in import HubStandIn
+
+    pipe = make_flow_pipeline(id2label="digits")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a server on 127.0.0.1 only
+    with HubStandIn(tmp_path / "hub") as hub:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
+        pipe.save_pretrained(
+            tmp_path / "tiny-flow", push_to_hub=True, repo_id="someone/tiny-flow", token="hf_x"
+        )
+    assert [(c["organization"], c["name"]) for c in hub.created] == [("someone", "tiny-flow")]
+    assert set(hub.authorization_headers) == {"Bearer hf_x"}
+    assert tree_digest(hub.repo_folder("someone/tiny-flow")) == tree_digest(tmp_path / "tiny-flow")
+    loaded = FlowPipeline.from_pretrained(hub.repo_folder("someone/tiny-flow"))
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(sample(loaded), sample(pipe))
