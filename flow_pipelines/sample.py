@@ -195,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         # `torch_dtype` works on every supported diffusers; newer ones prefer the name `dtype` and say so.
         warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
         pipeline = FlowPipeline.from_pretrained(str(args.model), torch_dtype=DTYPES[args.dtype]).to(device)
-    prediction_type = getattr(pipeline.transformer.config, "prediction_type", None) or "velocity"
+    # A linear-path model is sampled in its own prediction type; the pipeline maps any other path onto
+    # the straight one and hands the scheduler velocities.
+    prediction_type = "velocity"
+    if getattr(pipeline.transformer.config, "path", "linear") == "linear":
+        prediction_type = getattr(pipeline.transformer.config, "prediction_type", None) or "velocity"
     pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config, prediction_type)
 
     labels = _parse_labels(args.class_labels, pipeline.null_class_id, args.seed)

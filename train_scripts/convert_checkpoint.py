@@ -13,9 +13,9 @@ Examples::
     python train_scripts/convert_checkpoint.py --source diffusers --checkpoint DiT-XL-2-256 --output_dir dit-xl-2-256
 
 A converted SiT model samples with the flow schedulers directly. A converted DiT model reproduces the
-original's output (epsilon and variance at a DDPM timestep); sampling it with the flow schedulers needs a
-mapping from the DDPM path to the straight path that is not part of this package. Load the result with
-``DiTModel.from_pretrained(output_dir)``.
+original's output (epsilon and variance at a DDPM timestep) and records ``path="vp"`` in its config;
+``FlowPipeline`` samples it with the flow schedulers through the VP-to-straight-path mapping of
+``flow_pipelines.paths``. Load the result with ``DiTModel.from_pretrained(output_dir)``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ Three sources are supported:
   variance-preserving path, 1000 integer steps, learned variance in the second half of its output
   channels). The converted model has ``time_convention="ddpm"`` and ``prediction_type="epsilon"``: it
   takes the DDPM timestep and returns exactly what the original returned (epsilon and variance
-  channels). That is forward parity, not a flow model: sampling it with the flow schedulers of this
-  package needs a mapping from the VP path to the straight path, which this module does not provide.
+  channels). Its config records the path, ``path="vp"`` with the VP parameters of DDPM's linear betas
+  (:data:`DDPM_PATH_KWARGS`), so that `FlowPipeline` samples it with the flow schedulers through the
+  mapping of :mod:`flow_pipelines.paths` (dropping the variance channels).
 - ``"sit"``: the ``.pt`` state dicts of willisma/SiT (Linear path: ``x_t = t x0 + (1 - t) noise``, time
   ``t`` in [0, 1] with noise at ``t = 0``, output ``x0 - noise``). The weights are kept as they are;
   the converted model has ``time_convention="sit"``, so its forward maps our ``sigma = 1 - t`` and
@@ -36,9 +37,14 @@ from typing import Any
 import torch
 
 from ..file_utils import atomic_directory
+from ..paths import VPPath
 from .transformer_dit import DIT_PRESETS, DiTModel, sincos_2d_positions
 
 SOURCES: tuple[str, ...] = ("dit", "sit", "diffusers")
+
+# The original DiT (and diffusers' DiT pipelines) train on DDPM's linear betas 1e-4 ... 0.02 over 1000 steps.
+DDPM_PATH_KWARGS: dict[str, float] = VPPath.from_ddpm_betas(1e-4, 0.02, 1000).kwargs
+"""VP path parameters (``beta_min``, ``beta_max``) recorded in the config of converted DDPM checkpoints."""
 
 # Heads of the DiT paper's widths; used when neither a preset nor a head count is given.
 _HEADS_BY_WIDTH: dict[int, int] = {384: 6, 768: 12, 1024: 16, 1152: 16}
@@ -281,6 +287,8 @@ def convert_original_state_dict(
         "timestep_frequency_shift": 0,
         "norm_eps": 1e-6,
     }
+    if time_convention == "ddpm":
+        config.update(path="vp", path_kwargs=dict(DDPM_PATH_KWARGS))
     return config, converted
 
 
@@ -314,8 +322,8 @@ def convert_original_checkpoint(
 
     Args:
         checkpoint: Path to the ``.pt`` (or ``.safetensors``) file, or an already loaded state dict.
-        source: ``"dit"`` (gives ``time_convention="ddpm"``, epsilon + variance output) or ``"sit"``
-            (gives ``time_convention="sit"``, our velocity at our timestep).
+        source: ``"dit"`` (gives ``time_convention="ddpm"``, epsilon + variance output, ``path="vp"``) or
+            ``"sit"`` (gives ``time_convention="sit"``, our velocity at our timestep).
         preset: Optional preset name to check shapes against and take the head count from.
         num_attention_heads: Head count when no preset is given and the width is not a paper width.
 
@@ -353,7 +361,8 @@ def convert_diffusers_dit(
         model_or_path: A ``DiTTransformer2DModel`` or a folder it was saved to (or a pipeline folder with
             a ``transformer`` subfolder).
         time_convention: What the weights were trained for: ``"ddpm"`` (diffusers' DiT pipelines, the
-            default), ``"flow"`` (trained on our path with ``timestep = sigma * 1000``) or ``"sit"``.
+            default; recorded with ``path="vp"``), ``"flow"`` (trained on our path with
+            ``timestep = sigma * 1000``) or ``"sit"``.
         prediction_type: Recorded in the config; defaults to ``"epsilon"`` for ``"ddpm"``, else ``"velocity"``.
         verify: Run both models on a random batch and require equal outputs.
 
@@ -438,6 +447,8 @@ def convert_diffusers_dit(
         "norm_eps": 1e-6,
         "mlp_norm_eps": cfg.norm_eps,
     }
+    if time_convention == "ddpm":
+        config.update(path="vp", path_kwargs=dict(DDPM_PATH_KWARGS))
     model = _build(config, {key: value.detach().clone() for key, value in converted.items()})
     if verify:
         _verify_against_diffusers(model, source_model)

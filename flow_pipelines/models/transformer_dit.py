@@ -17,8 +17,13 @@ Time conventions (config ``time_convention``):
 - ``"ddpm"``: weights converted from the original DiT (epsilon model on the DDPM variance-preserving
   path, linear betas, integer timesteps 0..999). The forward takes the DDPM timestep as the original
   did and returns the original's output (epsilon, plus the learned variance channels when
-  ``out_channels = 2 * in_channels``): forward parity only. Sampling it with the flow schedulers
-  needs a VP-to-flow mapping of time and prediction that this model does not do.
+  ``out_channels = 2 * in_channels``): forward parity. Such a model's config names the VP path
+  (``path="vp"``), through which `FlowPipeline` samples it with the flow schedulers.
+
+Paths (config ``path``, ``path_kwargs``): the model was trained on ``x_s = a(s) x0 + b(s) noise`` of
+:mod:`flow_pipelines.paths` (``"linear"``, our path, by default; ``"cosine"``; ``"vp"``), is called with
+``s * num_train_timesteps`` and predicts ``prediction_type`` on that path. The forward is the same for
+every path; samplers map our ``(x, sigma)`` onto it (`flow_pipelines.paths.FlowPath.mapping`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..flow import check_prediction_type
+from ..paths import get_path
 
 POS_EMBED_TYPES: tuple[str, ...] = ("sincos", "rope")
 QK_NORM_TYPES: tuple[str, ...] = ("rms_norm", "layer_norm")
@@ -398,6 +404,9 @@ class DiTModel(ModelMixin, ConfigMixin):
         timestep_frequency_shift: 0 as in DiT; 1 reproduces diffusers' ``DiTTransformer2DModel`` embedding.
         norm_eps: Epsilon of the pre-attention and final LayerNorms.
         mlp_norm_eps: Epsilon of the pre-MLP LayerNorm; ``None`` means ``norm_eps`` (diffusers' DiT uses 1e-5).
+        path: The path the model is trained on: ``"linear"`` (default), ``"cosine"`` or ``"vp"``; see
+            `flow_pipelines.paths.get_path`.
+        path_kwargs: The path's parameters, e.g. ``{"beta_min": 0.1, "beta_max": 20.0}`` for ``"vp"``.
 
     Raises:
         ValueError: For inconsistent sizes or unknown option names.
@@ -432,6 +441,8 @@ class DiTModel(ModelMixin, ConfigMixin):
         timestep_frequency_shift: int = 0,
         norm_eps: float = 1e-6,
         mlp_norm_eps: float | None = None,
+        path: str = "linear",
+        path_kwargs: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         _check_positive(
@@ -469,6 +480,9 @@ class DiTModel(ModelMixin, ConfigMixin):
                 f"time_convention={time_convention!r} is not supported; allowed: {', '.join(TIME_CONVENTIONS)}."
             )
         check_prediction_type(prediction_type)
+        if path_kwargs is not None and not isinstance(path_kwargs, dict):
+            raise ValueError(f"path_kwargs={path_kwargs!r} must be a dict of the path's parameters or None.")
+        get_path(path, **(path_kwargs or {}))
         head_dim = hidden_size // num_attention_heads
         if pos_embed == "sincos" and hidden_size % 4:
             raise ValueError(f"pos_embed='sincos' needs hidden_size divisible by 4; got {hidden_size}.")

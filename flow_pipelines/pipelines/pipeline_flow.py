@@ -26,6 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .. import flow
 from ..file_utils import atomic_directory
 from ..models import DiTModel
+from ..paths import FlowPath, PathMapping, path_from_config
 
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
 
@@ -79,12 +80,15 @@ def normalize_id2label(
 
 @dataclass(frozen=True)
 class _Labels:
-    """Per-call constants of the denoising loop: label batches for B and 2B calls, and the model dtype."""
+    """Per-call constants of the denoising loop: label batches for B and 2B calls, the model dtype, and the
+    prediction types of the transformer (on its own path) and of the scheduler (on ours)."""
 
     cond: torch.Tensor
     null: torch.Tensor
     both: torch.Tensor
     model_dtype: torch.dtype
+    model_prediction: str
+    scheduler_prediction: str
 
 
 def _accepted_parameters(function: Callable) -> set[str]:
@@ -106,19 +110,27 @@ class FlowPipeline(DiffusionPipeline):
     computed from one batched transformer call of twice the batch; the unconditional class id is
     ``transformer.config.num_classes``.
 
+    A transformer trained on another affine path (config ``path``: ``"cosine"``, ``"vp"``; see
+    :mod:`flow_pipelines.paths`) samples with the same schedulers: at each noise level sigma it is called
+    with ``c * x`` at its own timestep ``s(sigma) * num_train_timesteps``, and its output (velocity on its
+    path, sample or epsilon) is turned into our prediction of the scheduler's type. A converted DDPM model
+    (``time_convention="ddpm"``, ``path="vp"``) may have ``out_channels = 2 * in_channels``: the learned
+    variance channels are dropped.
+
     Without a VAE the transformer works in pixel space (images in [-1, 1]); with one, it works in the
     VAE's latent space and latents are decoded as ``vae.decode(latents / scaling_factor + shift_factor)``.
 
     Args:
         transformer: The class-conditional `DiTModel` (its output: what its config's ``prediction_type``
-            says, velocity by default; the scheduler converts).
+            says on its config's ``path``; velocity on our straight path by default).
         scheduler: A flow scheduler (see above).
         vae: Optional ``AutoencoderKL`` whose ``latent_channels`` equal the transformer's ``in_channels``.
         id2label: Optional class names by id; kept in the pipeline config so that it survives save/load.
 
     Raises:
         ValueError: If the VAE's latent channels differ from the transformer's input channels, the
-            transformer's output channels differ from its input channels, or ``id2label`` is malformed.
+            transformer's output channels differ from its input channels (other than a DDPM model's
+            learned-variance layout), its path is unknown, or ``id2label`` is malformed.
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -135,7 +147,12 @@ class FlowPipeline(DiffusionPipeline):
         super().__init__()
         in_channels = transformer.config.in_channels
         out_channels = getattr(transformer.config, "out_channels", None) or in_channels
-        if out_channels != in_channels:
+        # A DDPM model's second half of channels is its learned variance; the epsilon comes first.
+        learned_variance = (
+            getattr(transformer.config, "time_convention", "flow") == "ddpm"
+            and out_channels == 2 * in_channels
+        )
+        if out_channels != in_channels and not learned_variance:
             raise ValueError(
                 f"The transformer has in_channels={in_channels} but out_channels={out_channels}; a flow model "
                 "predicts a tensor shaped like its input, so they must be equal."
@@ -145,6 +162,7 @@ class FlowPipeline(DiffusionPipeline):
                 f"The VAE has latent_channels={vae.config.latent_channels} but the transformer has "
                 f"in_channels={in_channels}; they must be equal."
             )
+        path_from_config(transformer.config)
         table = normalize_id2label(id2label, transformer.config.num_classes)
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         # JSON keys are strings: store them so, and the in-memory config equals the reloaded one.
@@ -199,6 +217,11 @@ class FlowPipeline(DiffusionPipeline):
     def null_class_id(self) -> int:
         """The unconditional ("null") class id: ``transformer.config.num_classes``."""
         return int(self.transformer.config.num_classes)
+
+    @property
+    def path(self) -> FlowPath:
+        """The path the transformer was trained on (`flow_pipelines.paths`), from its config."""
+        return path_from_config(self.transformer.config)
 
     # ----------------------------------------------------------------------------- input checks
     @staticmethod
@@ -391,8 +414,12 @@ class FlowPipeline(DiffusionPipeline):
                     f"{name} was given but {type(self.scheduler).__name__}.set_timesteps does not accept {name}."
                 )
         scheduler_prediction = self._scheduler_prediction_type()
-        model_prediction = getattr(self.transformer.config, "prediction_type", None) or "velocity"
-        if model_prediction != scheduler_prediction:
+        model_prediction = flow.check_prediction_type(
+            getattr(self.transformer.config, "prediction_type", None) or "velocity"
+        )
+        # A model of our path hands its output to the scheduler as it is; one of another path goes through
+        # the path mapping, which produces whatever the scheduler expects.
+        if self.path.name == "linear" and model_prediction != scheduler_prediction:
             raise ValueError(
                 f"The transformer predicts {model_prediction!r} but {type(self.scheduler).__name__} expects "
                 f"{scheduler_prediction!r}; use a scheduler configured with prediction_type={model_prediction!r}."
@@ -430,19 +457,36 @@ class FlowPipeline(DiffusionPipeline):
         return tokens * slope + config["base_shift"] - slope * config["base_image_seq_len"]
 
     def _transformer(
-        self, latents: torch.Tensor, timestep: torch.Tensor, class_ids: torch.Tensor, labels: _Labels
-    ):
+        self,
+        latents: torch.Tensor,
+        mapping: PathMapping,
+        timestep: torch.Tensor,
+        class_ids: torch.Tensor,
+        labels: _Labels,
+    ) -> torch.Tensor:
+        """One transformer call, returned in our convention as the scheduler's prediction type.
+
+        The only place that knows the transformer's path: it is called with ``c * x`` at its own timestep,
+        any learned-variance channels are dropped, and its output is mapped to our ``(x, sigma)``
+        (for a model of our path, all of this is the identity).
+        """
         output = self.transformer(
-            hidden_states=latents.to(labels.model_dtype),
+            hidden_states=mapping.model_input(latents).to(labels.model_dtype),
             timestep=timestep.expand(latents.shape[0]),
             class_labels=class_ids,
             return_dict=False,
         )[0]
-        return output.to(latents.dtype)
+        channels = latents.shape[1]
+        if output.shape[1] != channels:
+            output = output[:, :channels]
+        return mapping.to_flow(
+            output.to(latents.dtype), latents, labels.model_prediction, labels.scheduler_prediction
+        )
 
     def _model_output(
         self,
         latents: torch.Tensor,
+        mapping: PathMapping,
         timestep: torch.Tensor,
         labels: _Labels,
         guidance_scale: float,
@@ -450,12 +494,12 @@ class FlowPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """The (guided) prediction at one noise level: one transformer call of B or, with guidance, 2B."""
         if not guided or guidance_scale == 1.0:
-            return self._transformer(latents, timestep, labels.cond, labels)
+            return self._transformer(latents, mapping, timestep, labels.cond, labels)
         if guidance_scale == 0.0:
-            return self._transformer(latents, timestep, labels.null, labels)
-        cond, uncond = self._transformer(torch.cat([latents, latents]), timestep, labels.both, labels).chunk(
-            2
-        )
+            return self._transformer(latents, mapping, timestep, labels.null, labels)
+        cond, uncond = self._transformer(
+            torch.cat([latents, latents]), mapping, timestep, labels.both, labels
+        ).chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 
     def _decode(self, latents: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list:
@@ -523,8 +567,9 @@ class FlowPipeline(DiffusionPipeline):
 
         Raises:
             ValueError: Before any work, for an unknown class name, a label out of range, a negative
-                guidance scale, fewer than one step, latents of the wrong shape, a non-flow scheduler, or
-                a scheduler whose prediction type differs from the transformer's.
+                guidance scale, fewer than one step, latents of the wrong shape, a non-flow scheduler,
+                a scheduler whose prediction type differs from that of a transformer of our (linear)
+                path, or a transformer path whose ``a + b`` vanishes at a noise level of the sampling grid.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -560,7 +605,14 @@ class FlowPipeline(DiffusionPipeline):
 
         cond_ids = torch.tensor(class_ids, device=device, dtype=torch.long)
         null_ids = torch.full_like(cond_ids, self.null_class_id)
-        labels = _Labels(cond_ids, null_ids, torch.cat([cond_ids, null_ids]), model_dtype)
+        labels = _Labels(
+            cond_ids,
+            null_ids,
+            torch.cat([cond_ids, null_ids]),
+            model_dtype,
+            getattr(self.transformer.config, "prediction_type", None) or "velocity",
+            self._scheduler_prediction_type(),
+        )
 
         self._set_timesteps(num_inference_steps, sigmas, mu, device)
         timesteps = self.scheduler.timesteps
@@ -568,6 +620,14 @@ class FlowPipeline(DiffusionPipeline):
         num_train_timesteps = float(self.scheduler.config.get("num_train_timesteps", 1000))
         # One host transfer for the noise levels of all evaluations, not a sync per step.
         call_sigmas = (timesteps.detach().double().cpu() / num_train_timesteps).tolist()
+        # Where each noise level lies on the transformer's path, computed on the host before any model call
+        # (a path whose a + b vanishes at one of them is rejected here); one transfer for the timesteps.
+        path = self.path
+        model_time_scale = int(getattr(self.transformer.config, "num_train_timesteps", 1000))
+        mappings = [path.mapping(sigma, model_time_scale) for sigma in call_sigmas]
+        model_timesteps = torch.tensor(
+            [mapping.timestep for mapping in mappings], dtype=torch.float32, device=device
+        )
         low, high = (
             (float(v) for v in guidance_interval) if guidance_interval is not None else (-math.inf, math.inf)
         )
@@ -579,10 +639,9 @@ class FlowPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
-                model_timestep = t if t.is_floating_point() else t.to(torch.float32)
                 guided = low <= call_sigmas[i] <= high
                 model_output = self._model_output(
-                    latents, model_timestep, labels, self._guidance_scale, guided
+                    latents, mappings[i], model_timesteps[i], labels, self._guidance_scale, guided
                 )
                 latents = self.scheduler.step(model_output, t, latents, return_dict=False, **step_kwargs)[0]
 

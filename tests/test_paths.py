@@ -1,0 +1,587 @@
+"""Affine paths (linear, cosine, VP, user-given) and their mapping onto the straight path.
+
+The reference for every path is independent of `flow_pipelines.paths`: the coefficients are written out
+below, and the exact model of Gaussian data on a path is Gaussian conditioning of ``a x0 + b noise``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from scipy.optimize import brentq
+
+from flow_pipelines import DiTModel, FlowEulerScheduler, FlowHeunScheduler, FlowPipeline, flow
+from flow_pipelines.analytic import GaussianFlow, sample_with_scheduler
+from flow_pipelines.models.conversion import convert_diffusers_dit, convert_original_checkpoint
+from flow_pipelines.paths import (
+    PATH_NAMES,
+    AffinePath,
+    CosinePath,
+    FlowPath,
+    LinearPath,
+    VPPath,
+    get_path,
+    path_from_config,
+)
+from flow_pipelines.sample import SCHEDULERS, make_scheduler
+from tests.test_conversion import RefDiT, perturbed, tiny_diffusers_dit
+
+GAUSSIAN = GaussianFlow(mean=torch.tensor([1.5, -2.0, 0.3, 0.0]), std=torch.tensor([0.2, 0.5, 1.3, 1.0]))
+PREDICTION_TYPES = ("velocity", "sample", "epsilon")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny models on a shared 2-core machine: one intra-op thread avoids spin-wait contention.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- reference coefficients
+def cosine_reference(s: float) -> tuple[float, float, float, float]:
+    """``(a, b, a', b')`` of the cosine path, written out."""
+    return (
+        math.cos(math.pi * s / 2),
+        math.sin(math.pi * s / 2),
+        -math.pi / 2 * math.sin(math.pi * s / 2),
+        math.pi / 2 * math.cos(math.pi * s / 2),
+    )
+
+
+def vp_reference(
+    s: float, beta_min: float = 0.1, beta_max: float = 20.0
+) -> tuple[float, float, float, float]:
+    """``(a, b, a', b')`` of the VP path: ``abar = exp(-int_0^s beta)``, ``beta(s)`` linear."""
+    integral = beta_min * s + 0.5 * (beta_max - beta_min) * s * s
+    beta = beta_min + (beta_max - beta_min) * s
+    abar = math.exp(-integral)
+    a, b = math.sqrt(abar), math.sqrt(1 - abar)
+    return a, b, -0.5 * beta * a, 0.5 * beta * abar / b if b > 0 else math.inf
+
+
+REFERENCES = {"cosine": cosine_reference, "vp": vp_reference}
+
+
+def reference_time(name: str, sigma: float, **path_kwargs: float) -> float:
+    """``s`` with ``b / (a + b) = sigma`` by root finding on the written-out coefficients; 1 beyond the range."""
+
+    def excess(s: float) -> float:
+        a, b, _, _ = REFERENCES[name](s, **path_kwargs)
+        return b / (a + b) - sigma
+
+    if excess(1.0) <= 0:
+        return 1.0
+    if sigma <= 0:
+        return 0.0
+    return brentq(excess, 0.0, 1.0, xtol=1e-15, rtol=1e-15)
+
+
+def exact_path_model(name: str, prediction_type: str):
+    """The exact model of the Gaussian data on a named path, called like a transformer.
+
+    With ``x_s = a x0 + b noise``, ``x_s ~ N(a m, a^2 std^2 + b^2)``; conditioning gives
+    ``E[x0 | x_s] = m + a std^2 / V (x_s - a m)`` and ``E[noise | x_s] = b / V (x_s - a m)``.
+    """
+
+    def predict(sample: torch.Tensor, timestep) -> torch.Tensor:
+        a, b, da, db = REFERENCES[name](float(timestep) / 1000)
+        mean, std = GAUSSIAN.mean, GAUSSIAN.std
+        variance = a * a * std**2 + b * b
+        residual = sample.double() - a * mean
+        x0 = mean + a * std**2 / variance * residual
+        noise = b / variance * residual
+        return {"velocity": da * x0 + db * noise, "sample": x0, "epsilon": noise}[prediction_type]
+
+    return predict
+
+
+def through_mapping(path: FlowPath, model, model_prediction: str, target: str = "velocity"):
+    """A path model as our model: the sampler's ``(x, sigma * 1000)`` mapped with `path.mapping`."""
+
+    def predict(sample: torch.Tensor, timestep) -> torch.Tensor:
+        mapping = path.mapping(float(timestep) / 1000)
+        output = model(mapping.model_input(sample), mapping.timestep)
+        return mapping.to_flow(output, sample, model_prediction, target)
+
+    return predict
+
+
+def linear_model(sample: torch.Tensor, timestep) -> torch.Tensor:
+    return GAUSSIAN.velocity(sample.double(), float(timestep) / 1000)
+
+
+def noise(batch: int = 2048, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- the paths themselves
+@pytest.mark.parametrize("name", ["cosine", "vp"])
+def test_coefficients_and_time_maps_match_the_written_out_paths(name):
+    path = get_path(name)
+    times = torch.linspace(0.01, 1.0, 23, dtype=torch.float64)
+    a, b = path.coefficients(times)
+    da, db = path.derivatives(times)
+    expected = torch.tensor([REFERENCES[name](float(s)) for s in times], dtype=torch.float64)
+    torch.testing.assert_close(torch.stack([a, b, da, db], dim=1), expected, rtol=1e-12, atol=1e-12)
+
+    low, high = path.sigma_range
+    assert low == 0.0
+    sigmas = torch.linspace(0.0, high, 41, dtype=torch.float64)
+    inverse = path.time_from_sigma(sigmas)
+    expected_times = torch.tensor([reference_time(name, float(s)) for s in sigmas], dtype=torch.float64)
+    torch.testing.assert_close(inverse, expected_times, rtol=0, atol=1e-10)
+    # The closed form agrees with the generic bisection and inverts sigma(s).
+    torch.testing.assert_close(inverse, FlowPath.time_from_sigma(path, sigmas), rtol=0, atol=1e-12)
+    torch.testing.assert_close(path.sigma_from_time(inverse), sigmas, rtol=0, atol=1e-12)
+
+
+def test_vp_defaults_are_ddpm_linear_betas_and_the_path_stops_short_of_noise():
+    path = VPPath()
+    assert (
+        VPPath.from_ddpm_betas(1e-4, 0.02, 1000).kwargs == path.kwargs == {"beta_min": 0.1, "beta_max": 20.0}
+    )
+    # DDPM's discrete cumulative products at t against the continuous path at s = t / 1000.
+    alphas_cumprod = DDPMScheduler(beta_schedule="linear").alphas_cumprod.double()
+    a, b = path.coefficients(torch.arange(1000, dtype=torch.float64) / 1000)
+    assert (a - alphas_cumprod.sqrt()).abs().max() < 3e-3
+    assert (b - (1 - alphas_cumprod).sqrt()).abs().max() < 1.1e-2
+    # Never pure noise: sigma(1) = b(1) / (a(1) + b(1)) < 1, and sigma beyond it maps to s = 1.
+    a1, b1, _, _ = vp_reference(1.0)
+    assert path.sigma_range[1] == pytest.approx(b1 / (a1 + b1), rel=1e-12) and path.sigma_range[1] < 0.994
+    for sigma in (path.sigma_range[1], 0.999, 1.0):
+        mapping = path.mapping(sigma)
+        assert mapping.time == 1.0 and mapping.timestep == 1000.0
+        assert mapping.scale == pytest.approx(a1 + b1, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", PATH_NAMES)
+def test_interpolate_and_targets_are_consistent(name):
+    path = get_path(name)
+    generator = torch.Generator().manual_seed(2)
+    x0, eps = torch.randn(6, 3, generator=generator), torch.randn(6, 3, generator=generator)
+    times = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8, 0.97], dtype=torch.float64)
+    a, b = path.coefficients(times)
+    da, db = path.derivatives(times)
+    x = path.interpolate(x0, eps, times)
+    torch.testing.assert_close(x, a.float()[:, None] * x0 + b.float()[:, None] * eps)
+    velocity = path.target(x0, eps, times, "velocity")
+    torch.testing.assert_close(velocity, da.float()[:, None] * x0 + db.float()[:, None] * eps)
+    # The velocity is the time derivative of the interpolation.
+    h = 1e-6
+    x0_64, eps_64 = x0.double(), eps.double()
+    numeric = (path.interpolate(x0_64, eps_64, times + h) - path.interpolate(x0_64, eps_64, times - h)) / (
+        2 * h
+    )
+    torch.testing.assert_close(path.target(x0_64, eps_64, times, "velocity"), numeric, rtol=1e-6, atol=1e-6)
+    assert path.target(x0, eps, 0.3, "sample") is x0 and path.target(x0, eps, 0.3, "epsilon") is eps
+    # Each target determines the pair (x0, noise) given x, and the path's own conversions agree.
+    for source in PREDICTION_TYPES:
+        prediction = path.target(x0_64, eps_64, times, source)
+        x_64 = path.interpolate(x0_64, eps_64, times)
+        recovered = path.split_prediction(prediction, x_64, times, source)
+        torch.testing.assert_close(recovered[0], x0_64, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(recovered[1], eps_64, rtol=1e-9, atol=1e-9)
+        for target in PREDICTION_TYPES:
+            converted = path.convert_prediction(prediction, x_64, times, source, target)
+            torch.testing.assert_close(
+                converted, path.target(x0_64, eps_64, times, target), rtol=1e-9, atol=1e-9
+            )
+
+
+def test_linear_path_is_the_flow_module():
+    path = get_path("linear")
+    generator = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(5, 3, generator=generator), torch.randn(5, 3, generator=generator)
+    sigma = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    assert torch.equal(path.interpolate(x0, eps, sigma), flow.interpolate(x0, eps, sigma))
+    assert torch.equal(path.target(x0, eps, sigma, "velocity"), flow.velocity_target(x0, eps))
+    assert isinstance(path, LinearPath) and path.kwargs == {}
+    mapping = path.mapping(0.37)
+    x = flow.interpolate(x0, eps, 0.37)
+    assert mapping.is_identity and mapping.time == 0.37 and mapping.scale == 1.0
+    assert mapping.timestep == pytest.approx(370.0) and mapping.model_input(x) is x
+    v = flow.velocity_target(x0, eps)
+    assert mapping.to_flow(v, x, "velocity") is v
+    assert torch.equal(mapping.to_flow(v, x, "velocity", "sample"), flow.from_velocity(v, x, 0.37, "sample"))
+
+
+# ----------------------------------------------------------------------------- the mapping
+@pytest.mark.parametrize("name", ["linear", "cosine", "vp", "affine"])
+def test_mapping_round_trip_is_the_identity(name):
+    path = (
+        AffinePath(lambda s: (1 - s) ** 2, lambda s: s * (2 - s) ** 0.5)
+        if name == "affine"
+        else get_path(name)
+    )
+    generator = torch.Generator().manual_seed(4)
+    x0 = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    eps = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    sigma = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
+    x = flow.interpolate(x0, eps, sigma)
+    mapping = path.mapping(sigma)
+    # c * x is the point of the path with the same x0 and noise.
+    torch.testing.assert_close(
+        mapping.model_input(x), path.interpolate(x0, eps, mapping.time), rtol=1e-12, atol=1e-12
+    )
+    ours = {"velocity": flow.velocity_target(x0, eps), "sample": x0, "epsilon": eps}
+    for our_type, our_prediction in ours.items():
+        for path_type in PREDICTION_TYPES:
+            on_path = mapping.from_flow(our_prediction, x, our_type, path_type)
+            torch.testing.assert_close(
+                on_path, path.target(x0, eps, mapping.time, path_type), rtol=1e-10, atol=1e-10
+            )
+            back = mapping.to_flow(on_path, x, path_type, our_type)
+            torch.testing.assert_close(back, our_prediction, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["cosine", "vp"])
+def test_exact_path_model_is_the_scaled_linear_one(name):
+    # The identity behind the mapping, on the exact Gaussian model: x_s = c x_sigma, same x0 and noise.
+    x_path = noise(64)
+    for s in (0.1, 0.45, 0.8, 1.0):
+        a, b, _, _ = REFERENCES[name](s)
+        scale, sigma = a + b, b / (a + b)
+        for prediction_type in ("sample", "epsilon"):
+            on_path = exact_path_model(name, prediction_type)(x_path, s * 1000)
+            linear = GAUSSIAN.prediction(x_path / scale, sigma, prediction_type)
+            torch.testing.assert_close(on_path, linear, rtol=1e-12, atol=1e-12)
+        # Through the mapping, the exact path velocity becomes the exact linear velocity.
+        x = x_path / scale
+        mapping = get_path(name).mapping(sigma)
+        mapped = mapping.to_flow(
+            exact_path_model(name, "velocity")(mapping.model_input(x), s * 1000), x, "velocity"
+        )
+        torch.testing.assert_close(mapped, GAUSSIAN.velocity(x, sigma), rtol=1e-9, atol=1e-9)
+
+
+def _endpoint_error(scheduler_class, model, steps: int, start: float) -> tuple[float, int, torch.Tensor]:
+    """Sample ``steps`` steps from ``start`` (the exact marginal there); max endpoint error, NFE, endpoint."""
+    z = noise(512)
+    x = GAUSSIAN.transport(z, 1.0, start) if start < 1 else z
+    sigmas = np.linspace(start, 0.0, steps + 1)[:-1]
+    out, nfe = sample_with_scheduler(scheduler_class(), model, x, sigmas=sigmas)
+    return (out - GAUSSIAN.transport(z, 1.0)).abs().max().item(), nfe, out
+
+
+@pytest.mark.parametrize(
+    ("name", "prediction_type", "start"),
+    # The VP path ends short of pure noise (sigma(1) = 0.99347): start inside it. An epsilon prediction
+    # carries no information about x0 at pure noise: start below it.
+    [
+        ("cosine", "velocity", 1.0),
+        ("cosine", "sample", 1.0),
+        ("cosine", "epsilon", 0.99),
+        ("vp", "velocity", 0.99),
+        ("vp", "sample", 0.99),
+        ("vp", "epsilon", 0.99),
+    ],
+)
+def test_path_models_sample_the_linear_flow_at_the_expected_order(name, prediction_type, start):
+    path = get_path(name)
+    mapped = through_mapping(path, exact_path_model(name, prediction_type), prediction_type)
+    steps_list = [16, 32, 64]
+    for scheduler_class, (low, high), bound in (
+        (FlowEulerScheduler, (-1.15, -0.85), 0.12),
+        (FlowHeunScheduler, (-2.3, -1.7), 3e-3),
+    ):
+        errors, nfes = [], []
+        for steps in steps_list:
+            error, nfe, out = _endpoint_error(scheduler_class, mapped, steps, start)
+            _, _, linear_out = _endpoint_error(scheduler_class, linear_model, steps, start)
+            # The mapped path model is the linear model's velocity field: the same trajectory.
+            # (The schedulers round to float32 in places.)
+            torch.testing.assert_close(out, linear_out, rtol=1e-6, atol=1e-6)
+            errors.append(error)
+            nfes.append(nfe)
+        slope = np.polyfit(np.log(nfes), np.log(errors), 1)[0]
+        assert low < slope < high, f"{scheduler_class.__name__}: slope {slope:.2f}"
+        assert errors[-1] < bound
+
+
+def test_vp_model_from_pure_noise_lands_close_to_the_exact_endpoint():
+    # From sigma = 1 the first evaluation is clamped to s = 1 (the noisiest input the model knows). The
+    # error that adds is of order h * (1 - sigma(1)): small against Euler's, and Heun stays second order
+    # over these step counts.
+    mapped = through_mapping(get_path("vp"), exact_path_model("vp", "velocity"), "velocity")
+    for scheduler_class, tolerance in ((FlowEulerScheduler, 0.02), (FlowHeunScheduler, 0.1)):
+        errors = [_endpoint_error(scheduler_class, mapped, steps, 1.0)[0] for steps in (32, 128)]
+        linear = [_endpoint_error(scheduler_class, linear_model, steps, 1.0)[0] for steps in (32, 128)]
+        np.testing.assert_allclose(errors, linear, rtol=tolerance)
+    assert errors[1] < errors[0] / 12
+
+
+def test_generic_affine_path_matches_the_named_one():
+    user = AffinePath(lambda s: torch.cos(math.pi * s / 2), lambda s: torch.sin(math.pi * s / 2))
+    cosine = CosinePath()
+    sigmas = torch.linspace(0.0, 1.0, 17, dtype=torch.float64)
+    torch.testing.assert_close(
+        user.time_from_sigma(sigmas), cosine.time_from_sigma(sigmas), rtol=0, atol=1e-12
+    )
+    times = torch.linspace(0.0, 1.0, 9, dtype=torch.float64)
+    for got, expected in zip(user.derivatives(times), cosine.derivatives(times), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)  # autograd
+    mapped = through_mapping(user, exact_path_model("cosine", "velocity"), "velocity")
+    error, _, out = _endpoint_error(FlowHeunScheduler, mapped, 16, 1.0)
+    _, _, linear_out = _endpoint_error(FlowHeunScheduler, linear_model, 16, 1.0)
+    torch.testing.assert_close(out, linear_out, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def tiny_path_model(path: str, prediction_type: str = "velocity", seed: int = 0, **path_kwargs) -> DiTModel:
+    torch.manual_seed(seed)
+    model = DiTModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=1,
+        hidden_size=32,
+        num_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2.0,
+        num_classes=10,
+        prediction_type=prediction_type,
+        path=path,
+        path_kwargs=path_kwargs or None,
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def hand_written_velocity(model, name, prediction_type, labels, scale, **path_kwargs):
+    """Our guided velocity at ``(x, sigma)`` with the mapping spelled out: root-found s, c * x in, 2 x 2 solve out."""
+    coefficients = functools.partial(REFERENCES[name], **path_kwargs)
+    cond = torch.tensor(labels)
+    null = torch.full_like(cond, model.config.num_classes)
+
+    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        s = reference_time(name, sigma, **path_kwargs)
+        a, b, da, db = coefficients(s)
+        x_path = (a + b) * x
+        t = torch.full((len(labels),), s * 1000, dtype=torch.float32)
+        with torch.no_grad():
+            out = model(x_path, t, cond).sample
+            if scale != 1.0:
+                uncond = model(x_path, t, null).sample
+                out = uncond + scale * (out - uncond)
+        if prediction_type == "velocity":
+            determinant = a * db - b * da
+            x0, eps = (db * x_path - b * out) / determinant, (a * out - da * x_path) / determinant
+        elif prediction_type == "epsilon":
+            x0, eps = (x_path - b * out) / a, out
+        else:
+            x0, eps = out, (x_path - a * out) / b
+        return eps - x0
+
+    return velocity
+
+
+def hand_written_sampler(
+    velocity, latents: torch.Tensor, sigmas: list[float], heun: bool = False
+) -> torch.Tensor:
+    """Euler, or Heun with a final Euler step to sigma = 0, over the noise levels ``sigmas`` (ending at 0)."""
+    x = latents.clone()
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        slope = velocity(x, sigma)
+        if heun and sigma_next > 0:
+            predicted = x + (sigma_next - sigma) * slope
+            slope = 0.5 * (slope + velocity(predicted, sigma_next))
+        x = x + (sigma_next - sigma) * slope
+    return x
+
+
+def latents_for(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("name", "prediction_type", "path_kwargs"),
+    [
+        ("cosine", "velocity", {}),
+        ("cosine", "sample", {}),
+        ("vp", "epsilon", {"beta_min": 0.2, "beta_max": 15.0}),
+    ],
+)
+def test_pipeline_samples_a_path_model_as_the_hand_written_mapping(name, prediction_type, path_kwargs):
+    model = tiny_path_model(name, prediction_type, **path_kwargs)
+    pipe = FlowPipeline(transformer=model, scheduler=FlowEulerScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.path.name == name and pipe.path.kwargs == path_kwargs
+    latents = latents_for(2)
+    got = pipe(
+        [3, 8], num_inference_steps=8, guidance_scale=2.0, latents=latents, output_type="latent"
+    ).images
+    velocity = hand_written_velocity(model, name, prediction_type, [3, 8], 2.0, **path_kwargs)
+    expected = hand_written_sampler(velocity, latents, torch.linspace(1.0, 0.0, 9).tolist())
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_every_flow_scheduler_samples_a_cosine_model(tmp_path):
+    """Each scheduler, ours and diffusers', drives the saved-and-reloaded cosine model through the mapping."""
+    model = tiny_path_model("cosine", seed=1)
+    pipe = FlowPipeline(transformer=model, scheduler=FlowEulerScheduler())
+    pipe.save_pretrained(tmp_path / "cosine")
+    pipe = FlowPipeline.from_pretrained(tmp_path / "cosine")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.config.path == "cosine" and pipe.path.name == "cosine"
+    latents = latents_for(2, seed=1)
+    velocity = hand_written_velocity(model, "cosine", "velocity", [3, 8], 2.0)
+    # Euler and Heun written out on the scheduler's own noise levels; a fine solution for the multistep solvers.
+    same_method = {"euler": False, "flowmatch-euler": False, "heun": True, "flowmatch-heun": True}
+    fine = hand_written_sampler(velocity, latents, torch.linspace(1.0, 0.0, 65).tolist(), heun=True)
+    for name in SCHEDULERS:
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+        calls: list[float] = []
+
+        def record(module, args, kwargs, output, calls=calls):
+            calls.append(kwargs["timestep"][0].item())
+
+        handle = pipe.transformer.register_forward_hook(record, with_kwargs=True)
+        try:
+            got = pipe(
+                [3, 8],
+                num_inference_steps=16,
+                guidance_scale=2.0,
+                latents=latents,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+            ).images
+        finally:
+            handle.remove()
+        # The transformer sees its own time s(sigma) * 1000 at each of the scheduler's noise levels.
+        sigmas = (pipe.scheduler.timesteps.double() / 1000).tolist()
+        expected_times = [reference_time("cosine", sigma) * 1000 for sigma in sigmas]
+        np.testing.assert_allclose(calls, expected_times, rtol=1e-5, atol=1e-3)
+        if name in same_method:
+            grid = [*dict.fromkeys(sigmas), 0.0]  # a Heun step's two calls share a timestep
+            expected = hand_written_sampler(velocity, latents, grid, heun=same_method[name])
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=name)
+        elif name == "sde":
+            # Stochastic: a different sample of the same distribution; it still ends at finite data.
+            assert torch.isfinite(got).all() and (got - fine).abs().max() > 0.05
+        else:
+            error = (got - fine).abs().max().item()
+            assert error < 0.05, f"{name}: max deviation {error:.4f} from the fine hand-written Heun solution"
+
+
+def test_converted_dit_checkpoint_samples_through_the_vp_mapping(tmp_path):
+    reference = perturbed(RefDiT(in_channels=4, num_classes=10), seed=7)
+    torch.save(reference.state_dict(), tmp_path / "dit.pt")
+    reference.double()
+    model = convert_original_checkpoint(tmp_path / "dit.pt", "dit", num_attention_heads=4).double()
+    assert model.config.path == "vp" and model.config.path_kwargs == {"beta_min": 0.1, "beta_max": 20.0}
+    assert model.config.out_channels == 8
+    pipe = FlowPipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    received = []
+    original_step = pipe.scheduler.step
+
+    @functools.wraps(original_step)
+    def recording_step(model_output, timestep, sample, *args, **kwargs):
+        received.append((model_output.clone(), float(timestep), sample.clone()))
+        return original_step(model_output, timestep, sample, *args, **kwargs)
+
+    pipe.scheduler.step = recording_step
+    labels = [2, 5]
+    images = pipe(labels, num_inference_steps=6, guidance_scale=1.0, output_type="latent").images
+    assert images.shape == (2, 4, 8, 8) and images.dtype == torch.float64 and torch.isfinite(images).all()
+    assert len(received) == 6
+    for model_output, timestep, sample in received:
+        sigma = timestep / 1000
+        s = reference_time("vp", sigma)
+        a, b, _, _ = vp_reference(s)
+        with torch.no_grad():
+            original = reference(
+                (a + b) * sample, torch.full((2,), s * 1000, dtype=torch.float64), torch.tensor(labels)
+            )
+        eps = original[:, :4]  # the learned-variance channels are dropped
+        x0 = ((a + b) * sample - b * eps) / a
+        expected = eps - x0
+        torch.testing.assert_close(model_output, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
+
+
+def test_converted_diffusers_ddpm_dit_records_the_vp_path():
+    model = convert_diffusers_dit(tiny_diffusers_dit())
+    assert model.config.path == "vp" and isinstance(path_from_config(model.config), VPPath)
+    assert (
+        path_from_config(
+            DiTModel(sample_size=8, hidden_size=32, num_layers=1, num_attention_heads=2).config
+        ).name
+        == "linear"
+    )
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_paths_and_prediction_types_are_rejected():
+    with pytest.raises(ValueError, match="Unknown path 'edm'; known paths: linear, cosine, vp"):
+        get_path("edm")
+    with pytest.raises(
+        ValueError, match=r"path 'cosine' does not take \['beta_min'\]; allowed parameters: none"
+    ):
+        get_path("cosine", beta_min=0.1)
+    with pytest.raises(
+        ValueError, match=r"path 'vp' does not take \['beta'\]; allowed parameters: beta_min, beta_max"
+    ):
+        get_path("vp", beta=1.0)
+    with pytest.raises(ValueError, match="beta_min >= 0 and beta_max > 0; got beta_min=-1"):
+        VPPath(beta_min=-1.0)
+    small = {"sample_size": 8, "hidden_size": 32, "num_layers": 1, "num_attention_heads": 2}
+    with pytest.raises(ValueError, match="Unknown path 'gvp'; known paths"):
+        DiTModel(**small, path="gvp")
+    with pytest.raises(ValueError, match=r"path 'vp' does not take \['sigma_max'\]"):
+        DiTModel(**small, path="vp", path_kwargs={"sigma_max": 80.0})
+    with pytest.raises(
+        ValueError, match="prediction_type='v_prediction' is not supported; allowed: velocity"
+    ):
+        CosinePath().target(torch.zeros(1, 2), torch.zeros(1, 2), 0.5, "v_prediction")
+    mapping = VPPath().mapping(0.5)
+    with pytest.raises(ValueError, match="prediction_type='score' is not supported"):
+        mapping.to_flow(torch.zeros(1, 2), torch.zeros(1, 2), "score")
+    with pytest.raises(ValueError, match="prediction_type='flow' is not supported"):
+        mapping.to_flow(torch.zeros(1, 2), torch.zeros(1, 2), "epsilon", "flow")
+
+
+def test_a_path_whose_scale_vanishes_on_the_sampling_grid_is_rejected():
+    # a + b -> 0 at s = 1 while sigma(s) = s / (1 + s) only reaches 0.5: every grid's first noise levels map
+    # to s = 1, where x / (a + b) is undefined.
+    shrinking = AffinePath(lambda s: 1 - s, lambda s: s * (1 - s))
+    assert shrinking.sigma_range[0] == 0.0
+    shrinking.mapping(0.3)  # inside the range: fine
+    with pytest.raises(ValueError, match=r"a\(s\) \+ b\(s\) = 0 vanishes at s=1 .*sigma=1"):
+        sample_with_scheduler(
+            FlowEulerScheduler(), through_mapping(shrinking, lambda x, t: x, "epsilon"), noise(4), 4
+        )
+    with pytest.raises(ValueError, match=r"sigma\(s\) = b / \(a \+ b\) decreases"):
+        AffinePath(lambda s: s, lambda s: 1 - s)
+    with pytest.raises(ValueError, match="b=0.5 must be a callable"):
+        AffinePath(lambda s: 1 - s, 0.5)
+
+
+def test_ddpm_model_without_its_path_is_rejected_by_the_pipeline():
+    ddpm = DiTModel(
+        sample_size=8,
+        in_channels=2,
+        out_channels=4,
+        hidden_size=32,
+        num_layers=1,
+        num_attention_heads=2,
+        time_convention="ddpm",
+        prediction_type="epsilon",
+    )
+    with pytest.raises(ValueError, match="time_convention='ddpm'.*path='linear'; set path='vp'"):
+        FlowPipeline(transformer=ddpm, scheduler=FlowEulerScheduler())
+    # With its path, the learned-variance layout is accepted; a flow model's is not.
+    ddpm_vp = DiTModel(**{**ddpm.config, "path": "vp"})
+    FlowPipeline(transformer=ddpm_vp, scheduler=FlowEulerScheduler())
+    flow_model = DiTModel(**{**ddpm.config, "time_convention": "flow", "path": "vp"})
+    with pytest.raises(ValueError, match="in_channels=2 but out_channels=4"):
+        FlowPipeline(transformer=flow_model, scheduler=FlowEulerScheduler())
