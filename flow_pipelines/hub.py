@@ -46,6 +46,7 @@ def write_model_card(
     sample_grid: str | None = None,
     evaluation: dict[str, float | str] | None = None,
     repo_id: str | None = None,
+    model_name: str | None = None,
     prediction_type: str = "velocity",
     guidance_scale: float = 4.0,
     license: str = "apache-2.0",
@@ -61,6 +62,7 @@ def write_model_card(
         sample_grid: Path of a sample grid image relative to ``pipeline_dir``.
         evaluation: Metric name to value, shown as a table.
         repo_id: The Hub repository the card will live in; the loading example uses it.
+        model_name: The card's title; the repository's name, else the folder's, by default.
         prediction_type: What the model predicts (``velocity``, ``sample`` or ``epsilon``).
         guidance_scale: The guidance scale suggested in the example.
         license: The card's license identifier.
@@ -97,7 +99,7 @@ def write_model_card(
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),
-        model_name=repo_id.split("/")[-1] if repo_id else pipeline_dir.name,
+        model_name=model_name or (repo_id.split("/")[-1] if repo_id else pipeline_dir.name),
         repo_id=repo_id or str(pipeline_dir),
         dataset_name=dataset_name,
         sample_grid=sample_grid,

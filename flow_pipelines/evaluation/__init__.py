@@ -1,0 +1,32 @@
+"""Evaluation of trained pipelines: digit accuracy (scikit-learn's 8×8 digits), Fréchet distances, likelihood."""
+
+from .digits import DigitClassifier, evaluate_digit_pipeline, to_digit_features
+from .frechet import (
+    DinoV2FeatureExtractor,
+    FeatureExtractor,
+    FeatureStatistics,
+    FrechetDistance,
+    InceptionFeatureExtractor,
+    WeightsUnavailableError,
+    frechet_distance,
+    quantize_images,
+)
+from .likelihood import ModelVelocity, bits_per_dim, image_bits_per_dim, log_likelihood
+
+__all__ = [
+    "DigitClassifier",
+    "evaluate_digit_pipeline",
+    "to_digit_features",
+    "DinoV2FeatureExtractor",
+    "FeatureExtractor",
+    "FeatureStatistics",
+    "FrechetDistance",
+    "InceptionFeatureExtractor",
+    "ModelVelocity",
+    "WeightsUnavailableError",
+    "bits_per_dim",
+    "frechet_distance",
+    "image_bits_per_dim",
+    "log_likelihood",
+    "quantize_images",
+]

@@ -1,0 +1,156 @@
+"""Training checkpoints: ``checkpoint-<step>`` folders written atomically, found again for resuming.
+
+A checkpoint is ``accelerator.save_state`` output (optimizer, LR scheduler, random states; the model and
+its EMA as safetensors through save hooks) plus ``training_state.json``. It is written into a staging
+folder and renamed into place only when every process has finished writing, so an interrupted save never
+leaves a half-written ``checkpoint-<step>`` and never touches the previous ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..file_utils import atomic_directory
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINING_STATE_NAME = "training_state.json"
+_CHECKPOINT_PATTERN = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a checkpoint folder was saved at, from its name ``checkpoint-<step>``.
+
+    Args:
+        path: The checkpoint folder.
+
+    Returns:
+        The step.
+
+    Raises:
+        ValueError: If the name does not have that form.
+    """
+    match = _CHECKPOINT_PATTERN.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{str(path)!r} is not named like a checkpoint ({CHECKPOINT_PREFIX}<step>).")
+    return int(match.group(1))
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders in ``output_dir``, oldest first (staging folders are ignored).
+
+    Args:
+        output_dir: The training output folder.
+
+    Returns:
+        Paths of ``checkpoint-<step>`` folders sorted by step.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=checkpoint_step)
+
+
+def resolve_resume_checkpoint(
+    resume_from_checkpoint: str | None, output_dir: str | os.PathLike
+) -> Path | None:
+    """Find the checkpoint to resume from.
+
+    Args:
+        resume_from_checkpoint: ``None`` (start fresh), ``"latest"`` (the newest in ``output_dir``, or a fresh
+            start if there is none), or a checkpoint folder (absolute, or a name inside ``output_dir``).
+        output_dir: The training output folder.
+
+    Returns:
+        The checkpoint folder, or None to start from scratch.
+
+    Raises:
+        ValueError: If a named checkpoint does not exist or is not a checkpoint folder.
+    """
+    if resume_from_checkpoint is None:
+        return None
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    candidates = [Path(resume_from_checkpoint), Path(output_dir) / resume_from_checkpoint]
+    for candidate in candidates:
+        if candidate.is_dir():
+            checkpoint_step(candidate)
+            if not (candidate / TRAINING_STATE_NAME).is_file():
+                raise ValueError(
+                    f"--resume_from_checkpoint {resume_from_checkpoint!r}: {str(candidate)!r} has no "
+                    f"{TRAINING_STATE_NAME}, so it is not a complete checkpoint of this script."
+                )
+            return candidate
+    available = ", ".join(p.name for p in list_checkpoints(output_dir)) or "none"
+    raise ValueError(
+        f"--resume_from_checkpoint {resume_from_checkpoint!r} does not exist (looked for "
+        f"{', '.join(repr(str(c)) for c in candidates)}); checkpoints in {str(output_dir)!r}: {available}. "
+        "Pass 'latest' to resume from the newest one."
+    )
+
+
+def read_training_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint's ``training_state.json`` (global step, epoch, samples seen).
+
+    Args:
+        checkpoint: The checkpoint folder.
+
+    Returns:
+        The stored dict.
+    """
+    with open(Path(checkpoint) / TRAINING_STATE_NAME, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def save_checkpoint(
+    accelerator: Any,
+    output_dir: str | os.PathLike,
+    global_step: int,
+    training_state: dict[str, Any],
+    total_limit: int | None = None,
+) -> Path:
+    """Save the accelerator state as ``output_dir/checkpoint-<global_step>``, atomically, on all processes.
+
+    Every process must call this (each writes its own random state). The main process stages the folder,
+    all write into it, and the main process renames it into place after a barrier; then it deletes the
+    oldest checkpoints beyond ``total_limit`` (only once the new one is in place).
+
+    Args:
+        accelerator: The ``accelerate.Accelerator``.
+        output_dir: The training output folder.
+        global_step: The optimizer step being saved.
+        training_state: JSON-serialisable loop state stored beside (``global_step``, ``epoch``, ...).
+        total_limit: Keep at most this many checkpoints (None keeps all).
+
+    Returns:
+        The checkpoint folder.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    target = Path(output_dir) / f"{CHECKPOINT_PREFIX}{global_step}"
+    distributed = accelerator.num_processes > 1
+    if accelerator.is_main_process:
+        with atomic_directory(target) as staging:
+            if distributed:
+                broadcast_object_list([str(staging)])
+            accelerator.save_state(str(staging))
+            with open(staging / TRAINING_STATE_NAME, "w", encoding="utf-8") as handle:
+                json.dump(training_state, handle, indent=2)
+            # The other processes' random states must be on disk before the rename publishes the folder.
+            accelerator.wait_for_everyone()
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging = [None]
+        broadcast_object_list(staging)
+        accelerator.save_state(staging[0])
+        accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
+    return target
