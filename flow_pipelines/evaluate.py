@@ -1,0 +1,774 @@
+"""Evaluate a saved `FlowPipeline`: FID, FD-DINOv2, digit accuracy and bits per dimension.
+
+Example::
+
+    python -m flow_pipelines.evaluate --model outputs/digits --reference sklearn_digits --num-samples 10000 \\
+        --scheduler heun --steps 30 --guidance 1.5 --metrics fid fd_dinov2 digits_accuracy bpd \\
+        --output-dir outputs/digits/eval
+
+Samples are drawn balanced over the classes (sample ``i`` has class ``i mod K``), each from its own
+generator seeded ``seed + i`` (so a sample does not depend on the batch size), quantised to uint8 once
+as a PNG would be, and written to ``samples.npz`` in the ADM layout (``arr_0`` uint8 NHWC, ``arr_1`` labels)
+that openai/guided-diffusion's reference evaluator reads. The figures go to ``metrics.json``, one record
+per metric (metric, value, num_samples, scheduler, steps, guidance, protocol, extractor, ...). Reference
+statistics are cached as ``.npz`` (mu, sigma) under ``--stats-cache``, keyed by the reference, its
+preprocessing and the extractor, so repeated evaluations read the reference once.
+
+``--reference`` is scikit-learn's digits (``sklearn_digits``), a ``datasets`` name or ``save_to_disk``
+folder, a folder of image files, or an ADM reference batch ``.npz``. Reference images must have the
+model's resolution and channels unless ``--resize-reference`` brings them there (the training data's
+transform: resize the shorter side, centre crop, convert channels).
+
+The metrics and their protocols are described in :mod:`flow_pipelines.evaluation.frechet` and
+:mod:`flow_pipelines.evaluation.likelihood`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .evaluation.frechet import (
+    DINOV2_DEFAULT_MODEL,
+    DINOV2_POOLINGS,
+    INCEPTION_FEATURE_DIMS,
+    DinoV2FeatureExtractor,
+    FeatureExtractor,
+    FeatureStatistics,
+    FrechetDistance,
+    InceptionFeatureExtractor,
+    WeightsUnavailableError,
+    atomic_write,
+    check_enough_samples,
+    check_same_geometry,
+    file_fingerprint,
+    quantize_images,
+)
+from .evaluation.likelihood import DIVERGENCES, METHODS, ModelVelocity, image_bits_per_dim
+
+FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
+METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digits_accuracy", "bpd")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+DEFAULT_STATS_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flow_pipelines" / "reference_stats"
+)
+# A fixed seed for choosing a reference subset: reference statistics must not depend on --seed.
+_REFERENCE_SUBSET_SEED = 0
+
+
+def check_metrics(metrics: Sequence[str]) -> list[str]:
+    """Validate metric names (order kept, duplicates dropped).
+
+    Args:
+        metrics: Requested names.
+
+    Returns:
+        The names, deduplicated.
+
+    Raises:
+        ValueError: For an unknown name, listing the known ones.
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(
+            f"Unknown metric(s) {', '.join(map(repr, unknown))}; known metrics: {', '.join(METRICS)}."
+        )
+    if not metrics:
+        raise ValueError(f"No metric requested; known metrics: {', '.join(METRICS)}.")
+    return list(dict.fromkeys(metrics))
+
+
+def balanced_labels(num_samples: int, num_classes: int) -> list[int]:
+    """Class of each sample, balanced: sample ``i`` gets class ``i mod num_classes``.
+
+    Args:
+        num_samples: Number of samples.
+        num_classes: Number of classes.
+
+    Returns:
+        ``num_samples`` class ids; every class appears ``floor`` or ``ceil`` of ``num_samples / num_classes`` times.
+    """
+    return [i % num_classes for i in range(num_samples)]
+
+
+# ---------------------------------------------------------------------------------------------- reference
+@dataclass
+class ReferenceSource:
+    """A reference image set: how to read it and how to name it in cache keys.
+
+    Args:
+        spec: What was given on the command line.
+        kind: ``"npz"``, ``"folder"`` or ``"dataset"``.
+        identity: A string that changes when the set's contents may have (path and file fingerprint, or name).
+        num_images: Images available.
+        items: The images: an NHWC array (npz), file paths (folder) or a ``datasets.Dataset``.
+        labels: Class ids per image, or None.
+        image_column: The dataset's image column.
+    """
+
+    spec: str
+    kind: str
+    identity: str
+    num_images: int
+    items: Any = None
+    labels: Any = None
+    image_column: str | None = None
+
+
+def open_reference(spec: str, split: str = "train") -> ReferenceSource:
+    """Open a reference set without decoding it.
+
+    Args:
+        spec: ``sklearn_digits``, a ``datasets`` name or ``save_to_disk`` folder, a folder of images, or an
+            ADM-style ``.npz`` (``arr_0`` uint8 NHWC, optional ``arr_1`` labels).
+        split: Dataset split.
+
+    Returns:
+        The source.
+
+    Raises:
+        ValueError: For an ``.npz`` without uint8 ``arr_0``, an empty folder, or a dataset without an image column.
+    """
+    from .training.data import IMAGE_COLUMN_CANDIDATES, LABEL_COLUMN_CANDIDATES, load_image_dataset
+
+    path = Path(spec)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_0" not in data:
+                raise ValueError(
+                    f"{spec} holds {sorted(data.files)}; a reference batch needs 'arr_0' (uint8 NHWC)."
+                )
+            images = data["arr_0"]
+            labels = data["arr_1"] if "arr_1" in data else None
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"{spec}: arr_0 is {images.dtype} {images.shape}; expected uint8 (N, H, W, C).")
+        identity = f"npz:{path.resolve()}@{file_fingerprint(path)}"
+        return ReferenceSource(spec, "npz", identity, len(images), images, labels)
+    saved_dataset = (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+    if path.is_dir() and not saved_dataset:
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ValueError(
+                f"The reference folder {spec} holds no image files ({', '.join(IMAGE_SUFFIXES)})."
+            )
+        identity = f"folder:{path.resolve()}@{file_fingerprint(path)}"
+        return ReferenceSource(spec, "folder", identity, len(files), files)
+
+    import datasets
+
+    dataset = load_image_dataset(dataset_name=spec, split=split)
+    columns = list(dataset.features)
+    image_column = next((c for c in IMAGE_COLUMN_CANDIDATES if c in columns), None)
+    if image_column is None:
+        raise ValueError(
+            f"The reference dataset {spec!r} has no image column (looked for {IMAGE_COLUMN_CANDIDATES})."
+        )
+    if isinstance(dataset.features[image_column], datasets.Image):
+        # Read the encoded bytes and decode here, so a corrupt file is reported by name.
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    label_column = next((c for c in LABEL_COLUMN_CANDIDATES if c in columns), None)
+    labels = np.asarray(dataset[label_column]) if label_column is not None else None
+    identity = f"dataset:{Path(spec).resolve() if path.exists() else spec}:{split}"
+    if path.exists():
+        identity += f"@{file_fingerprint(path)}"
+    source = ReferenceSource(spec, "dataset", identity, len(dataset), dataset, labels, image_column)
+    return source
+
+
+def reference_indices(num_available: int, num_images: int | None) -> np.ndarray:
+    """Which reference images to use: all, or a fixed-seed random subset (independent of ``--seed``).
+
+    Args:
+        num_available: Images in the set.
+        num_images: How many to use (None: all).
+
+    Returns:
+        Indices, sorted.
+
+    Raises:
+        ValueError: If more are requested than available.
+    """
+    if num_images is None or num_images == num_available:
+        return np.arange(num_available)
+    if num_images > num_available:
+        raise ValueError(
+            f"--num-reference {num_images} exceeds the {num_available} reference images available."
+        )
+    rng = np.random.default_rng(_REFERENCE_SUBSET_SEED)
+    return np.sort(rng.choice(num_available, size=num_images, replace=False))
+
+
+def iter_reference(
+    source: ReferenceSource,
+    indices: np.ndarray,
+    batch_size: int,
+    resize_to: tuple[int, int] | None = None,
+    interpolation: str = "bilinear",
+) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
+    """Decode reference images in batches as uint8 ``(B, C, H, W)``.
+
+    Without ``resize_to`` images keep their size and become grey (1 channel) or RGB (3; alpha composited on
+    white); with it they take the training transform (shorter side resized, centre crop, channel conversion).
+
+    Args:
+        source: The reference.
+        indices: Which images.
+        batch_size: Images per batch.
+        resize_to: ``(resolution, channels)`` to bring images to, or None.
+        interpolation: Resize filter name (``bilinear``, ``bicubic``, ...).
+
+    Yields:
+        ``(pixels, labels)``; labels are None when the set has none.
+
+    Raises:
+        ValueError: For images of different sizes without ``resize_to``, or an unreadable image.
+    """
+    from PIL import Image
+
+    from .training.data import ImageTransform, convert_channels, decode_image, image_channels
+
+    transform = ImageTransform(resize_to[0], resize_to[1], True, interpolation) if resize_to else None
+    first_shape: tuple[int, ...] | None = None
+
+    def to_pixels(image: Image.Image, where: str) -> torch.Tensor:
+        nonlocal first_shape
+        if transform is not None:
+            return transform(image)
+        channels = 1 if image_channels(image) == 1 else 3
+        array = np.asarray(convert_channels(image, channels), dtype=np.uint8)
+        pixels = torch.from_numpy(array.reshape(*array.shape[:2], channels).copy()).permute(2, 0, 1)
+        if first_shape is None:
+            first_shape = tuple(pixels.shape)
+        elif tuple(pixels.shape) != first_shape:
+            raise ValueError(
+                f"Reference image {where} is {tuple(pixels.shape)} (C, H, W) but the first one is {first_shape}; "
+                "pass --resize-reference to bring all to the model's resolution."
+            )
+        return pixels
+
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        labels = np.asarray(source.labels)[chunk] if source.labels is not None else None
+        if source.kind == "npz" and transform is None:
+            array = source.items[chunk]
+            if array.shape[-1] not in (1, 3):
+                raise ValueError(f"{source.spec}: images have {array.shape[-1]} channels; allowed: 1 or 3.")
+            yield torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2), labels
+            continue
+        batch = []
+        for index in chunk.tolist():
+            if source.kind == "npz":
+                array = source.items[index]
+                image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+                where = f"{index} of {source.spec}"
+            elif source.kind == "folder":
+                where = str(source.items[index])
+                image = decode_image({"path": where, "bytes": None}, where)
+            else:
+                where = f"row {index} of {source.spec}"
+                image = decode_image(source.items[index][source.image_column], where)
+            batch.append(to_pixels(image, where))
+        yield torch.stack(batch), labels
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface.
+
+    Returns:
+        The argument parser.
+    """
+    from .sample import DTYPES, SCHEDULERS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m flow_pipelines.evaluate",
+        description="Evaluate a saved FlowPipeline: FID, FD-DINOv2, digit accuracy, bits per dimension.",
+    )
+    parser.add_argument("--model", required=True, help="Saved pipeline folder or Hub repo id.")
+    parser.add_argument(
+        "--reference",
+        default="sklearn_digits",
+        help="Reference images: sklearn_digits, a datasets name or save_to_disk folder, an image folder, or an "
+        "ADM .npz batch.",
+    )
+    parser.add_argument("--reference-split", default="train", help="Split of a reference dataset.")
+    parser.add_argument(
+        "--num-reference",
+        type=int,
+        default=None,
+        help="Reference images to use (a fixed random subset; default all).",
+    )
+    parser.add_argument(
+        "--resize-reference",
+        action="store_true",
+        help="Bring reference images to the model's resolution and channels with the training transform.",
+    )
+    parser.add_argument("--interpolation", default="bilinear", help="Resize filter for --resize-reference.")
+    parser.add_argument("--metrics", nargs="+", default=["fid"], help=f"Any of: {', '.join(METRICS)}.")
+    parser.add_argument("--num-samples", type=int, default=10_000, help="Images to generate.")
+    parser.add_argument("--batch-size", type=int, default=64, help="Images per pipeline call.")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="euler", help="Sampler.")
+    parser.add_argument("--steps", type=int, default=30, help="Sampling steps.")
+    parser.add_argument(
+        "--guidance", type=float, default=1.0, help="Classifier-free guidance scale (1 = none)."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Sample i starts from the noise of seed + i.")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("evaluation"), help="Where metrics.json and samples.npz go."
+    )
+    parser.add_argument(
+        "--stats-cache", type=Path, default=DEFAULT_STATS_CACHE, help="Reference statistics cache."
+    )
+    parser.add_argument(
+        "--no-stats-cache", action="store_true", help="Neither read nor write cached statistics."
+    )
+    parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="Model precision for sampling."
+    )
+    parser.add_argument(
+        "--extractor-batch-size", type=int, default=64, help="Images per feature-extractor call."
+    )
+    parser.add_argument(
+        "--inception-weights",
+        default=None,
+        help="Local copy of the FID Inception weights (.pth or .safetensors).",
+    )
+    parser.add_argument(
+        "--fid-features",
+        type=int,
+        choices=INCEPTION_FEATURE_DIMS,
+        default=2048,
+        help="Inception pool layer for FID (2048 is the standard; the others need fewer samples).",
+    )
+    parser.add_argument(
+        "--dinov2-model", default=DINOV2_DEFAULT_MODEL, help="DINOv2 Hub id or local folder for fd_dinov2."
+    )
+    parser.add_argument(
+        "--dinov2-pooling", choices=DINOV2_POOLINGS, default="cls", help="CLS token (standard) or mean."
+    )
+    parser.add_argument(
+        "--dinov2-resolution", type=int, default=224, help="DINOv2 input side (224 in dgm-eval)."
+    )
+    parser.add_argument(
+        "--bpd-num-images", type=int, default=256, help="Reference images for bits per dimension."
+    )
+    parser.add_argument(
+        "--bpd-steps", type=int, default=32, help="Likelihood ODE steps (fixed-grid methods)."
+    )
+    parser.add_argument("--bpd-method", choices=METHODS, default="rk4", help="Likelihood ODE solver.")
+    parser.add_argument(
+        "--bpd-divergence", choices=DIVERGENCES, default="hutchinson", help="Divergence estimator."
+    )
+    parser.add_argument("--bpd-probes", type=int, default=1, help="Hutchinson probes per evaluation.")
+    parser.add_argument(
+        "--bpd-sigma-min", type=float, default=1e-5, help="Data-side end of the likelihood ODE."
+    )
+    parser.add_argument(
+        "--bpd-rho",
+        type=float,
+        default=1.0,
+        help="Grid spacing (1 uniform; 3 puts steps near the data, for sharp data).",
+    )
+    parser.add_argument("--bpd-batch-size", type=int, default=64, help="Images per likelihood solve.")
+    parser.add_argument(
+        "--bpd-conditional",
+        action="store_true",
+        help="Conditional likelihood log p(x | y) with the reference labels (and --guidance); default log p(x).",
+    )
+    return parser
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 1.")
+
+
+def _output_geometry(pipeline: Any) -> tuple[int, int, int]:
+    """(channels, height, width) of the images the pipeline returns."""
+    sample_size = pipeline.transformer.config.sample_size
+    height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+    scale = int(getattr(pipeline, "vae_scale_factor", 1))
+    channels = (
+        int(pipeline.vae.config.out_channels)
+        if pipeline.vae is not None
+        else int(pipeline.transformer.config.in_channels)
+    )
+    return channels, int(height) * scale, int(width) * scale
+
+
+def build_extractor(metric: str, args: argparse.Namespace, device: torch.device) -> FeatureExtractor:
+    """The feature extractor of a Fréchet metric, loaded from the flags.
+
+    Args:
+        metric: ``"fid"`` or ``"fd_dinov2"``.
+        args: Parsed flags.
+        device: Where it runs.
+
+    Returns:
+        The extractor on ``device``.
+
+    Raises:
+        WeightsUnavailableError: If its weights cannot be loaded.
+    """
+    if metric == "fid":
+        extractor = InceptionFeatureExtractor.from_pretrained(
+            args.inception_weights, feature_dim=args.fid_features
+        )
+    else:
+        extractor = DinoV2FeatureExtractor.from_pretrained(
+            args.dinov2_model, pooling=args.dinov2_pooling, resolution=args.dinov2_resolution
+        )
+    return extractor.to(device)
+
+
+def _cache_path(cache_dir: Path, metric: str, key: dict[str, Any]) -> Path:
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir / f"{metric}-{digest}.npz"
+
+
+@torch.no_grad()
+def generate_samples(
+    pipeline: Any, num_samples: int, batch_size: int, steps: int, guidance: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw class-balanced samples, each from its own seeded generator, quantised to uint8 once.
+
+    Args:
+        pipeline: The `FlowPipeline`.
+        num_samples: Images to draw.
+        batch_size: Images per pipeline call.
+        steps: Sampling steps.
+        guidance: Guidance scale.
+        seed: Sample ``i`` uses a CPU generator seeded ``seed + i``.
+
+    Returns:
+        ``(images uint8 (N, H, W, C), labels int64 (N,))``.
+    """
+    labels = np.asarray(balanced_labels(num_samples, pipeline.null_class_id), dtype=np.int64)
+    batches = []
+    for start in tqdm(range(0, num_samples, batch_size), desc="sampling"):
+        chunk = labels[start : start + batch_size]
+        generators = [torch.Generator(device="cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
+        images = pipeline(
+            chunk.tolist(),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            output_type="np",
+        ).images
+        batches.append(quantize_images(images).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(batches), labels
+
+
+def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Write samples as the ADM evaluator reads them: ``arr_0`` uint8 NHWC, ``arr_1`` labels.
+
+    Args:
+        path: Target ``.npz``.
+        images: uint8 ``(N, H, W, C)``.
+        labels: ``(N,)`` class ids.
+
+    Returns:
+        The path.
+    """
+    atomic_write(path, lambda handle: np.savez(handle, arr_0=images, arr_1=labels))
+    return path
+
+
+def _record(metric: str, value: float, args: argparse.Namespace, **fields: Any) -> dict[str, Any]:
+    record = {
+        "metric": metric,
+        "value": value,
+        "num_samples": args.num_samples,
+        "scheduler": args.scheduler,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "model": str(args.model),
+        "reference": str(args.reference),
+    }
+    record.update(fields)
+    return record
+
+
+def _read_reference(
+    source: ReferenceSource,
+    indices: np.ndarray,
+    args: argparse.Namespace,
+    geometry: tuple[int, int, int],
+    resize_to: tuple[int, int] | None,
+    description: str,
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Decode the chosen reference images, checking their geometry against the samples' on the first batch."""
+    pixels, labels = [], []
+    batches = iter_reference(source, indices, args.extractor_batch_size, resize_to, args.interpolation)
+    total = math.ceil(len(indices) / args.extractor_batch_size)
+    for batch, batch_labels in tqdm(batches, total=total, desc=f"reference ({description})"):
+        if not pixels:
+            check_same_geometry(geometry, batch.shape[1:])
+        pixels.append(batch)
+        if batch_labels is not None:
+            labels.append(batch_labels)
+    return torch.cat(pixels), (np.concatenate(labels) if labels else None)
+
+
+def _reference_statistics(
+    frechet: dict[str, FrechetDistance],
+    source: ReferenceSource,
+    args: argparse.Namespace,
+    geometry: tuple[int, int, int],
+    resize_to: tuple[int, int] | None,
+) -> None:
+    """Give every Fréchet metric its reference statistics: from the cache, or from one pass over the reference."""
+    indices = reference_indices(source.num_images, args.num_reference)
+    reference_key = {
+        "reference": source.identity,
+        "num_reference": len(indices),
+        "resize": [*resize_to, args.interpolation] if resize_to else None,
+    }
+    pending = {}
+    for metric, distance in frechet.items():
+        key = {**reference_key, "extractor": distance.extractor.identifier}
+        path = _cache_path(args.stats_cache, metric, key)
+        if not args.no_stats_cache and path.is_file():
+            statistics = FeatureStatistics.load(path)
+            if statistics.metadata.get("key") == key:
+                check_same_geometry(geometry, statistics.metadata["image_shape"])
+                distance.set_reference_statistics(statistics)
+                print(f"{metric}: reference statistics read from {path}")
+                continue
+        pending[metric] = (key, path)
+    if not pending:
+        return
+    batches = iter_reference(source, indices, args.extractor_batch_size, resize_to, args.interpolation)
+    total = math.ceil(len(indices) / args.extractor_batch_size)
+    image_shape = None
+    for pixels, _ in tqdm(batches, total=total, desc="reference"):
+        if image_shape is None:
+            image_shape = list(pixels.shape[1:])
+            check_same_geometry(geometry, image_shape)
+        for metric in pending:
+            frechet[metric].update(pixels, real=True, description="reference")
+    for metric, (key, path) in pending.items():
+        distance = frechet[metric]
+        check_enough_samples(distance.num_reference, distance.num_features, f"reference images for {metric}")
+        statistics = distance.reference_statistics(key=key, image_shape=image_shape)
+        if not args.no_stats_cache:
+            statistics.save(path)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run the evaluation: check everything, read the reference, sample, score, write JSON (and npz).
+
+    Args:
+        argv: Arguments without the program name (``sys.argv[1:]`` when None).
+
+    Returns:
+        The metric records written to ``metrics.json``.
+
+    Raises:
+        ValueError: For an unknown metric, non-positive counts, too few samples or reference images for the
+            feature dimension, reference and samples of different resolution or channels, digit accuracy on a
+            model without 10 classes, or bits per dimension on a latent (VAE) model.
+        WeightsUnavailableError: If a feature extractor's weights cannot be fetched.
+    """
+    from .pipelines import FlowPipeline
+    from .sample import DTYPES, make_scheduler
+
+    args = build_parser().parse_args(argv)
+    metrics = check_metrics(args.metrics)
+    _check_positive(
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        num_reference=args.num_reference,
+        extractor_batch_size=args.extractor_batch_size,
+        bpd_num_images=args.bpd_num_images,
+        bpd_steps=args.bpd_steps,
+        bpd_probes=args.bpd_probes,
+        bpd_batch_size=args.bpd_batch_size,
+    )
+    if not 0.0 <= args.bpd_sigma_min < 1.0:
+        raise ValueError(f"--bpd-sigma-min {args.bpd_sigma_min} must lie in [0, 1).")
+    if args.bpd_rho < 1.0:
+        raise ValueError(f"--bpd-rho {args.bpd_rho} must be >= 1 (1 is a uniform grid).")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    pipeline = FlowPipeline.from_pretrained(str(args.model), dtype=DTYPES[args.dtype]).to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    prediction_type = getattr(pipeline.transformer.config, "prediction_type", None) or "velocity"
+    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config, prediction_type)
+    geometry = _output_geometry(pipeline)
+    if "digits_accuracy" in metrics and pipeline.null_class_id != 10:
+        raise ValueError(
+            f"digits_accuracy needs a 10-class digit model; this one has {pipeline.null_class_id} classes."
+        )
+    if "bpd" in metrics and pipeline.vae is not None:
+        raise ValueError(
+            "bpd is defined for pixel-space models; this pipeline has a VAE (its likelihood is of latents)."
+        )
+
+    # Everything that can fail cheaply fails before reading the reference or sampling.
+    frechet: dict[str, FrechetDistance] = {}
+    for metric in (m for m in metrics if m in FRECHET_METRICS):
+        extractor = build_extractor(metric, args, device)
+        frechet[metric] = FrechetDistance(extractor, batch_size=args.extractor_batch_size, device=device)
+        check_enough_samples(
+            args.num_samples, extractor.num_features, f"samples (--num-samples) for {metric}"
+        )
+        if args.num_reference is not None:
+            check_enough_samples(args.num_reference, extractor.num_features, f"reference images for {metric}")
+
+    source = open_reference(args.reference, args.reference_split) if frechet or "bpd" in metrics else None
+    if args.resize_reference and geometry[1] != geometry[2]:
+        raise ValueError(
+            f"--resize-reference makes square images; the model's are {geometry[1]}x{geometry[2]}."
+        )
+    resize_to = (geometry[1], geometry[0]) if args.resize_reference else None
+    if frechet:
+        _reference_statistics(frechet, source, args, geometry, resize_to)
+    if "bpd" in metrics:
+        bpd_indices = reference_indices(source.num_images, min(args.bpd_num_images, source.num_images))
+        bpd_pixels, bpd_labels = _read_reference(source, bpd_indices, args, geometry, resize_to, "bpd images")
+
+    records: list[dict[str, Any]] = []
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    if frechet or "digits_accuracy" in metrics:
+        images, labels = generate_samples(
+            pipeline, args.num_samples, args.batch_size, args.steps, args.guidance, args.seed
+        )
+        samples_path = save_samples(args.output_dir / "samples.npz", images, labels)
+        print(f"wrote {samples_path} ({len(images)} samples)")
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+        for metric, distance in frechet.items():
+            distance.update(pixels, real=False, description="generated")
+            value = distance.compute()
+            records.append(
+                _record(
+                    metric,
+                    value,
+                    args,
+                    num_reference=distance.num_reference,
+                    protocol=distance.extractor.protocol,
+                    extractor=distance.extractor.identifier,
+                )
+            )
+        if "digits_accuracy" in metrics:
+            records.append(_digits_record(pixels, labels, geometry, args))
+
+    if "bpd" in metrics:
+        records.append(_bpd_record(pipeline, bpd_pixels, bpd_labels, args, device))
+
+    metrics_path = args.output_dir / "metrics.json"
+    atomic_write(metrics_path, lambda handle: handle.write(json.dumps(records, indent=2).encode()))
+    for record in records:
+        print(f"{record['metric']:>16}: {record['value']:.6g}")
+    print(f"wrote {metrics_path}")
+    return records
+
+
+def _digits_record(
+    pixels: torch.Tensor, labels: np.ndarray, geometry: tuple[int, int, int], args: argparse.Namespace
+):
+    from .evaluation.digits import DigitClassifier
+
+    classifier = DigitClassifier.fit()
+    predictions = classifier.predict(pixels.float() / 255.0)
+    correct = predictions == labels
+    per_class = [float(correct[labels == digit].mean()) for digit in range(10) if (labels == digit).any()]
+    return _record(
+        "digits_accuracy",
+        float(correct.mean()),
+        args,
+        per_class_min_accuracy=min(per_class),
+        classifier_heldout_accuracy=classifier.heldout_accuracy,
+        classifier_roundtrip_accuracy=classifier.roundtrip_accuracy(geometry[1], args.interpolation),
+        protocol="uint8 samples area-averaged to 8x8 grey, read by an RBF SVM fitted on real digits; share read as "
+        "the class requested",
+        extractor="sklearn SVC (flow_pipelines.evaluation.digits)",
+    )
+
+
+def _bpd_record(
+    pipeline: Any,
+    pixels: torch.Tensor,
+    labels: np.ndarray | None,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
+    class_labels = None
+    if args.bpd_conditional:
+        if labels is None:
+            raise ValueError("--bpd-conditional needs reference labels; the reference has none.")
+        class_labels = torch.from_numpy(labels).long()
+    guidance = args.guidance if args.bpd_conditional else 1.0
+    velocity = ModelVelocity(pipeline.transformer, class_labels=class_labels, guidance_scale=guidance)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    result = image_bits_per_dim(
+        velocity,
+        pixels,
+        batch_size=args.bpd_batch_size,
+        generator=generator,
+        device=device,
+        class_labels=class_labels,
+        num_steps=args.bpd_steps,
+        method=args.bpd_method,
+        divergence=args.bpd_divergence,
+        num_probes=args.bpd_probes,
+        sigma_min=args.bpd_sigma_min,
+        rho=args.bpd_rho,
+    )
+    record = _record(
+        "bpd",
+        result.bits_per_dim,
+        args,
+        num_samples=len(pixels),
+        scheduler=f"likelihood-ode-{args.bpd_method}",
+        steps=args.bpd_steps,
+        guidance=args.guidance if args.bpd_conditional else None,
+        standard_error=result.standard_error,
+        num_function_evals=result.num_function_evals,
+        divergence=args.bpd_divergence,
+        num_probes=args.bpd_probes,
+        sigma_min=args.bpd_sigma_min,
+        rho=args.bpd_rho,
+        conditional=bool(args.bpd_conditional),
+        protocol="reference pixels k -> k/127.5 - 1, uniform dequantisation, probability-flow ODE from sigma_min to 1, "
+        "bpd = -log p / (D ln 2) + log2(127.5)",
+        extractor=None,
+    )
+    return record
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The command: :func:`main`, with bad input and unfetchable weights reported as one line on stderr.
+
+    Args:
+        argv: Arguments without the program name (``sys.argv[1:]`` when None).
+
+    Returns:
+        The exit status: 0 on success, 1 after an ``error: ...`` message.
+    """
+    try:
+        main(argv)
+    except (ValueError, WeightsUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

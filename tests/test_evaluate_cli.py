@@ -1,0 +1,310 @@
+"""The evaluate command end to end on a tiny saved pipeline, offline, and every input it must refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+
+from flow_pipelines import FlowPipeline
+from flow_pipelines.evaluate import cli, iter_reference, main, open_reference, reference_indices
+from flow_pipelines.evaluation.digits import DigitClassifier
+from flow_pipelines.evaluation.frechet import DinoV2FeatureExtractor, WeightsUnavailableError, quantize_images
+from flow_pipelines.evaluation.likelihood import ModelVelocity, image_bits_per_dim
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: intra-op threads only add overhead here, and stall when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def scipy_frechet(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    mu1, mu2 = features_a.mean(0), features_b.mean(0)
+    sigma1, sigma2 = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
+    root = scipy.linalg.sqrtm(sigma1 @ sigma2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
+
+
+def digits_pixels() -> torch.Tensor:
+    """scikit-learn's digits as uint8 (N, 1, 8, 8), straight from sklearn (levels 0..16 -> 0..255)."""
+    from sklearn.datasets import load_digits
+
+    grey = np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
+    return torch.from_numpy(grey)[:, None]
+
+
+@pytest.fixture
+def saved_pipeline(tmp_path, make_flow_pipeline):
+    def save(name: str = "pipeline", **overrides) -> Path:
+        folder = tmp_path / name
+        make_flow_pipeline(**overrides).save_pretrained(folder)
+        return folder
+
+    return save
+
+
+@pytest.fixture
+def dinov2_folder(tmp_path) -> Path:
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        patch_size=14,
+        image_size=28,
+    )
+    folder = tmp_path / "tiny-dinov2"
+    Dinov2Model(config).save_pretrained(folder)
+    return folder
+
+
+def test_evaluate_end_to_end_matches_direct_computations(tmp_path, saved_pipeline, dinov2_folder, capsys):
+    model = saved_pipeline()
+    out, cache = tmp_path / "eval", tmp_path / "stats"
+    argv = [
+        "--model", str(model),
+        "--reference", "sklearn_digits",
+        "--num-reference", "40",
+        "--metrics", "fd_dinov2", "digits_accuracy", "bpd",
+        "--num-samples", "30",
+        "--batch-size", "16",
+        "--scheduler", "euler",
+        "--steps", "3",
+        "--guidance", "1.5",
+        "--seed", "5",
+        "--dinov2-model", str(dinov2_folder),
+        "--extractor-batch-size", "32",
+        "--bpd-num-images", "6",
+        "--bpd-steps", "3",
+        "--output-dir", str(out),
+        "--stats-cache", str(cache),
+        "--device", "cpu",
+    ]  # fmt: skip
+    records = main(argv)
+
+    assert [r["metric"] for r in records] == ["fd_dinov2", "digits_accuracy", "bpd"]
+    assert json.loads((out / "metrics.json").read_text()) == records
+    for record in records:
+        assert {
+            "metric",
+            "value",
+            "num_samples",
+            "scheduler",
+            "steps",
+            "guidance",
+            "protocol",
+            "extractor",
+        } <= set(record)
+    fd, digits, bpd = records
+    assert (fd["num_samples"], fd["scheduler"], fd["steps"], fd["guidance"]) == (30, "euler", 3, 1.5)
+    assert "CLS-token" in fd["protocol"] and fd["extractor"].startswith("dinov2:")
+
+    # Samples: ADM layout, balanced classes, each reproducible alone from seed + i.
+    with np.load(out / "samples.npz") as data:
+        samples, labels = data["arr_0"], data["arr_1"]
+    assert samples.dtype == np.uint8 and samples.shape == (30, 8, 8, 1)
+    np.testing.assert_array_equal(labels, np.arange(30) % 10)
+    pipeline = FlowPipeline.from_pretrained(model)
+    pipeline.set_progress_bar_config(disable=True)
+    for index in (0, 17):
+        alone = pipeline(
+            [index % 10],
+            num_inference_steps=3,
+            guidance_scale=1.5,
+            generator=torch.Generator().manual_seed(5 + index),
+            output_type="np",
+        ).images
+        np.testing.assert_array_equal(quantize_images(alone).permute(0, 2, 3, 1).numpy()[0], samples[index])
+
+    # FD-DINOv2 against scipy on features of the same images, computed here from sklearn's digits directly.
+    extractor = DinoV2FeatureExtractor.from_pretrained(dinov2_folder)
+    reference = digits_pixels()[reference_indices(1797, 40)]
+    generated = torch.from_numpy(samples).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        features_ref = extractor(reference.expand(-1, 3, -1, -1)).double().numpy()
+        features_gen = extractor(generated.expand(-1, 3, -1, -1)).double().numpy()
+    assert fd["value"] == pytest.approx(scipy_frechet(features_ref, features_gen), rel=1e-4)
+    assert fd["num_reference"] == 40
+
+    # Digit accuracy: the classifier's reading of the saved samples.
+    classifier = DigitClassifier.fit()
+    assert digits["value"] == pytest.approx(classifier.accuracy(samples[..., 0] / 255.0, labels))
+    assert digits["classifier_heldout_accuracy"] > 0.9
+
+    # Bits per dimension: the same computation called directly on the first reference images.
+    direct = image_bits_per_dim(
+        ModelVelocity(pipeline.transformer),
+        digits_pixels()[reference_indices(1797, 6)],  # a fixed random subset of the whole reference
+        generator=torch.Generator().manual_seed(5),
+        show_progress=False,
+        num_steps=3,
+        divergence="hutchinson",
+    )
+    assert bpd["value"] == pytest.approx(direct.bits_per_dim, rel=1e-9)
+    assert (bpd["num_samples"], bpd["steps"], bpd["guidance"]) == (6, 3, None)
+    assert np.isfinite(bpd["standard_error"])
+
+    # A second run reads the cached reference statistics and reproduces the figures.
+    assert len(list(cache.glob("fd_dinov2-*.npz"))) == 1
+    capsys.readouterr()
+    only_fd = argv[: argv.index("--metrics") + 1] + ["fd_dinov2"] + argv[argv.index("--num-samples") :]
+    again = main(only_fd)
+    assert "reference statistics read from" in capsys.readouterr().out
+    assert again[0]["value"] == pytest.approx(fd["value"], rel=1e-6)
+
+
+def test_conditional_guided_bpd_uses_the_reference_labels(tmp_path, saved_pipeline):
+    from sklearn.datasets import load_digits
+
+    model = saved_pipeline()
+    argv = ["--model", str(model), "--metrics", "bpd", "--bpd-conditional", "--guidance", "2.0"]
+    argv += [
+        "--bpd-num-images",
+        "4",
+        "--bpd-steps",
+        "2",
+        "--seed",
+        "3",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
+    (record,) = main(argv)
+    assert record["conditional"] is True and record["guidance"] == 2.0
+    assert not (tmp_path / "out" / "samples.npz").exists()  # likelihood alone draws no samples
+
+    chosen = reference_indices(1797, 4)
+    velocity = ModelVelocity(
+        FlowPipeline.from_pretrained(model).transformer,
+        class_labels=torch.from_numpy(load_digits().target[chosen]),
+        guidance_scale=2.0,
+    )
+    direct = image_bits_per_dim(
+        velocity,
+        digits_pixels()[chosen],
+        generator=torch.Generator().manual_seed(3),
+        show_progress=False,
+        num_steps=2,
+        divergence="hutchinson",
+    )
+    assert record["value"] == pytest.approx(direct.bits_per_dim, rel=1e-9)
+    unconditional = image_bits_per_dim(
+        ModelVelocity(velocity.model),
+        digits_pixels()[chosen],
+        generator=torch.Generator().manual_seed(3),
+        show_progress=False,
+        num_steps=2,
+        divergence="hutchinson",
+    )
+    assert record["value"] != pytest.approx(unconditional.bits_per_dim, rel=1e-6)
+
+
+def test_reference_sources_give_the_same_pixels(tmp_path):
+    pixels = digits_pixels()[:12]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for index, image in enumerate(pixels):
+        Image.fromarray(image[0].numpy(), mode="L").save(folder / f"{index:03d}.png")
+    np.savez(tmp_path / "batch.npz", arr_0=pixels.permute(0, 2, 3, 1).numpy(), arr_1=np.arange(12))
+
+    def read(spec: str, resize_to=None) -> torch.Tensor:
+        source = open_reference(spec)
+        return torch.cat([b for b, _ in iter_reference(source, np.arange(12), 5, resize_to)])
+
+    assert torch.equal(read(str(folder)), pixels)
+    assert torch.equal(read(str(tmp_path / "batch.npz")), pixels)
+    assert torch.equal(read("sklearn_digits"), pixels)
+    assert read("sklearn_digits", resize_to=(16, 3)).shape == (12, 3, 16, 16)
+
+    Image.new("L", (10, 10)).save(folder / "zzz-odd-size.png")
+    with pytest.raises(ValueError, match="zzz-odd-size.png.*--resize-reference"):
+        source = open_reference(str(folder))
+        list(iter_reference(source, np.arange(13), 20))
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_unknown_metric_lists_the_known_ones():
+    with pytest.raises(
+        ValueError, match=r"'inception_score'.*known metrics: fid, fd_dinov2, digits_accuracy, bpd"
+    ):
+        main(["--model", "unused", "--metrics", "fid", "inception_score"])
+
+
+def test_too_few_samples_for_the_feature_dimension(tmp_path, saved_pipeline, dinov2_folder):
+    common = [
+        "--model",
+        str(saved_pipeline()),
+        "--metrics",
+        "fd_dinov2",
+        "--dinov2-model",
+        str(dinov2_folder),
+    ]
+    with pytest.raises(ValueError, match=r"10 samples.*16-dimensional.*singular.*At least 17"):
+        main([*common, "--num-samples", "10", "--output-dir", str(tmp_path / "o"), "--no-stats-cache"])
+    with pytest.raises(ValueError, match=r"12 reference images.*At least 17"):
+        main([*common, "--num-samples", "20", "--num-reference", "12", "--output-dir", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"sample_size": 16},
+            "generated images are 1-channel 16x16 but the reference images are 1-channel 8x8",
+        ),
+        ({"in_channels": 3}, "generated images are 3-channel 8x8 but the reference images are 1-channel 8x8"),
+    ],
+)
+def test_reference_of_another_resolution_or_channel_count_is_refused(
+    tmp_path, saved_pipeline, dinov2_folder, overrides, message
+):
+    argv = [
+        "--model", str(saved_pipeline(**overrides)),
+        "--metrics", "fd_dinov2",
+        "--dinov2-model", str(dinov2_folder),
+        "--num-samples", "20",
+        "--num-reference", "20",
+        "--output-dir", str(tmp_path / "out"),
+        "--no-stats-cache",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        main(argv)
+    assert not (tmp_path / "out" / "samples.npz").exists()  # refused before sampling
+
+
+def test_metrics_that_do_not_apply_to_the_model_are_refused(tmp_path, saved_pipeline):
+    with pytest.raises(ValueError, match="10-class digit model; this one has 5"):
+        main(["--model", str(saved_pipeline(num_classes=5)), "--metrics", "digits_accuracy"])
+    with pytest.raises(ValueError, match="bpd is defined for pixel-space models"):
+        main(["--model", str(saved_pipeline("latent", vae=True, in_channels=4)), "--metrics", "bpd"])
+    with pytest.raises(ValueError, match="--num-samples 0 must be >= 1"):
+        main(["--model", "unused", "--metrics", "fid", "--num-samples", "0"])
+    with pytest.raises(ValueError, match="--bpd-rho 0.5 must be >= 1"):
+        main(["--model", "unused", "--metrics", "bpd", "--bpd-rho", "0.5"])
+
+
+def test_unfetchable_extractor_weights_name_what_could_not_be_fetched(
+    tmp_path, monkeypatch, offline_hub, saved_pipeline, capsys
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    model = str(saved_pipeline())
+    with pytest.raises(WeightsUnavailableError, match="facebook/dinov2-large"):
+        main(["--model", model, "--metrics", "fd_dinov2", "--output-dir", str(tmp_path / "o")])
+
+    # As a command: a one-line error naming the Inception weights, their URL and where to put them.
+    capsys.readouterr()
+    assert cli(["--model", model, "--metrics", "fid", "--output-dir", str(tmp_path / "o")]) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading progress bars
+    assert message.startswith("error: The FID Inception-v3 weights are not cached")
+    assert "weights-inception-2015-12-05-6726825d.pth" in message and str(tmp_path / "torch") in message
