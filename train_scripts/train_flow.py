@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flow_pipelines import flow  # noqa: E402
+from flow_pipelines.paths import PATH_NAMES, FlowPath, get_path  # noqa: E402
 from flow_pipelines.training.checkpointing import (  # noqa: E402
     read_training_state,
     resolve_resume_checkpoint,
@@ -82,6 +83,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear", "cosine
 DIGITS_TRAIN_STEPS = 1500
 PIPELINE_FOLDER = "pipeline"
 SAMPLE_GRID_NAME = "samples.png"
+EVAL_METRICS = ("auto", "digit_accuracy", "fd_dinov2")
 
 
 # ----------------------------------------------------------------------------------------------- flags
@@ -166,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     objective = parser.add_argument_group("objective")
+    objective.add_argument(
+        "--path",
+        default="linear",
+        choices=PATH_NAMES,
+        help="The noising path trained on (flow_pipelines.paths); the pipeline samples any of them.",
+    )
+    objective.add_argument(
+        "--vp_beta_min", type=float, default=None, help="beta_min of --path vp (default: the path's, 0.1)."
+    )
+    objective.add_argument(
+        "--vp_beta_max", type=float, default=None, help="beta_max of --path vp (default: the path's, 20)."
+    )
     objective.add_argument("--prediction_type", default="velocity", choices=flow.PREDICTION_TYPES)
     objective.add_argument(
         "--loss_target", default=None, choices=flow.PREDICTION_TYPES, help="Default: prediction_type."
@@ -228,6 +242,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validation_images_per_class", type=int, default=8)
     run.add_argument(
         "--validation_classes", type=int, nargs="*", default=None, help="Default: up to the first 10."
+    )
+
+    evaluation = parser.add_argument_group("evaluation during training")
+    evaluation.add_argument(
+        "--eval_steps", type=int, default=0, help="Log an evaluation metric every N steps (0: never)."
+    )
+    evaluation.add_argument(
+        "--eval_num_samples", type=int, default=100, help="Images sampled per evaluation."
+    )
+    evaluation.add_argument(
+        "--eval_metric",
+        default="auto",
+        choices=EVAL_METRICS,
+        help="auto: digit accuracy on the digits, else fd_dinov2 when --eval_extractor is given.",
+    )
+    evaluation.add_argument(
+        "--eval_extractor",
+        default=None,
+        help="A local Dinov2Model folder for fd_dinov2 (never downloaded; without it FD is skipped).",
     )
 
     final = parser.add_argument_group("sampling and evaluation of the result")
@@ -367,6 +400,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--dequantize applies to pixels; it cannot be combined with --vae.")
     if args.push_to_hub and args.hub_model_id is not None and args.hub_model_id.count("/") > 1:
         raise ValueError(f"--hub_model_id={args.hub_model_id!r} must look like 'user/name'.")
+    if args.eval_steps < 0 or args.eval_num_samples < 1:
+        raise ValueError(
+            f"--eval_steps={args.eval_steps} must be >= 0 (0 disables) and --eval_num_samples="
+            f"{args.eval_num_samples} >= 1."
+        )
+    if args.eval_metric == "digit_accuracy" and not is_digits(args):
+        raise ValueError("--eval_metric digit_accuracy needs the digits dataset; use fd_dinov2 or auto.")
+    if args.eval_extractor is not None and not Path(args.eval_extractor).is_dir():
+        raise ValueError(f"--eval_extractor {args.eval_extractor!r} is not a local folder.")
+    build_path(args)
     FlowMatchingObjective(
         prediction_type=args.prediction_type,
         loss_target=args.loss_target or args.prediction_type,
@@ -452,6 +495,22 @@ def load_vae(args: argparse.Namespace) -> Any:
     return vae
 
 
+def build_path(args: argparse.Namespace) -> FlowPath:
+    """The path of ``--path`` (with ``--vp_beta_min`` / ``--vp_beta_max`` for ``vp``).
+
+    Raises:
+        ValueError: For beta flags with another path, or invalid betas.
+    """
+    betas = {
+        key: value
+        for key, value in (("beta_min", args.vp_beta_min), ("beta_max", args.vp_beta_max))
+        if value is not None
+    }
+    if betas and args.path != "vp":
+        raise ValueError(f"--vp_beta_min / --vp_beta_max apply to --path vp only; got --path {args.path}.")
+    return get_path(args.path, **betas)
+
+
 def build_model(args: argparse.Namespace, in_channels: int, sample_size: int, num_classes: int) -> Any:
     """Create the DiT for this run.
 
@@ -467,6 +526,10 @@ def build_model(args: argparse.Namespace, in_channels: int, sample_size: int, nu
     from flow_pipelines.models import DiTModel
 
     settings = model_settings(args)
+    path = build_path(args)
+    if path.name != "linear":
+        # The config names the path, so that FlowPipeline samples the model through its mapping.
+        settings.update(path=path.name, path_kwargs=path.kwargs or None)
     return DiTModel(
         sample_size=sample_size,
         in_channels=in_channels,
@@ -478,11 +541,13 @@ def build_model(args: argparse.Namespace, in_channels: int, sample_size: int, nu
 
 
 def build_scheduler(args: argparse.Namespace) -> Any:
-    """The scheduler saved with the pipeline: Euler, with the model's prediction type and the sampling shift."""
+    """The scheduler saved with the pipeline: Euler with the sampling shift, predicting the model's type on
+    our straight path and the velocity for a model of another path (the pipeline maps its output)."""
     from flow_pipelines import FlowEulerScheduler
 
     shift = args.sampling_shift if args.sampling_shift is not None else args.shift
-    return FlowEulerScheduler(num_train_timesteps=1000, shift=shift, prediction_type=args.prediction_type)
+    prediction_type = args.prediction_type if args.path == "linear" else "velocity"
+    return FlowEulerScheduler(num_train_timesteps=1000, shift=shift, prediction_type=prediction_type)
 
 
 def sample_grid(
@@ -647,6 +712,7 @@ class FlowTrainer:
             self.ema.to(self.device)
         self._start_records()
         self._resume()
+        self.eval_metric = self._choose_eval_metric()
 
     def _setup_data(self) -> None:
         args = self.args
@@ -826,6 +892,7 @@ class FlowTrainer:
             shift=args.shift,
             loss_weighting=args.loss_weighting,
             num_train_timesteps=self.transformer.config.num_train_timesteps,
+            path=None if args.path == "linear" else build_path(args),
         )
 
     def _register_checkpoint_hooks(self) -> None:
@@ -1058,6 +1125,14 @@ class FlowTrainer:
                         self.validate()
                     self.accelerator.wait_for_everyone()
                     mark = time.perf_counter()
+                if self.eval_metric is not None and self.global_step % args.eval_steps == 0:
+                    if self.is_main:
+                        scores = self.evaluate()
+                        self.accelerator.log(scores, step=self.global_step)
+                        log_file.write(json.dumps({"step": self.global_step, **scores}) + "\n")
+                        log_file.flush()
+                    self.accelerator.wait_for_everyone()
+                    mark = time.perf_counter()
         finally:
             progress.close()
             if log_file is not None:
@@ -1120,6 +1195,103 @@ class FlowTrainer:
         folder.mkdir(parents=True, exist_ok=True)
         grid.save(folder / f"step-{self.global_step:07d}.png")
         log_images(self.accelerator, grid, self.global_step)
+
+    def _choose_eval_metric(self) -> str | None:
+        """The metric of ``--eval_steps``: digit accuracy on the digits, FD-DINOv2 with a local extractor,
+        else None (logged once: nothing is ever downloaded for it)."""
+        args = self.args
+        if not args.eval_steps:
+            return None
+        metric = args.eval_metric
+        if metric == "auto":
+            metric = "digit_accuracy" if is_digits(args) else "fd_dinov2"
+        if metric == "fd_dinov2" and (args.eval_extractor is None or self.vae is not None):
+            logger.info(
+                "Evaluation during training skipped: fd_dinov2 needs a local DINOv2 folder (--eval_extractor "
+                "DIR) and pixel training data%s; no feature extractor is downloaded.",
+                "" if self.vae is None else " (this run trains on latents)",
+            )
+            return None
+        if metric == "fd_dinov2":
+            from flow_pipelines.evaluation.frechet import DinoV2FeatureExtractor, check_enough_samples
+
+            # Loaded now so that a bad folder or too few samples fail before training, not at the first eval.
+            self._extractor = DinoV2FeatureExtractor.from_pretrained(args.eval_extractor).to(self.device)
+            check_enough_samples(args.eval_num_samples, self._extractor.num_features, "--eval_num_samples")
+        return metric
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Score the EMA weights with ``--eval_metric`` on ``--eval_num_samples`` generated images.
+
+        Returns:
+            ``{"eval/digit_accuracy": ...}`` or ``{"eval/fd_dinov2": ...}``.
+        """
+        args = self.args
+        start = time.perf_counter()
+        self.transformer.eval()
+        with ema_weights(self.transformer, self.ema):
+            if self.eval_metric == "digit_accuracy":
+                scores = {"eval/digit_accuracy": self._digit_accuracy()}
+            else:
+                scores = {"eval/fd_dinov2": self._frechet_distance()}
+        self.transformer.train()
+        logger.info(
+            "Step %d: %s (%d samples, %.1f s)",
+            self.global_step,
+            ", ".join(f"{key} = {value:.4f}" for key, value in scores.items()),
+            args.eval_num_samples,
+            time.perf_counter() - start,
+        )
+        return scores
+
+    def _digit_accuracy(self) -> float:
+        from flow_pipelines.evaluation.digits import DigitClassifier, evaluate_digit_pipeline
+
+        if getattr(self, "_digit_classifier", None) is None:
+            self._digit_classifier = DigitClassifier.fit()
+        args = self.args
+        evaluation = evaluate_digit_pipeline(
+            self.pipeline(),
+            classifier=self._digit_classifier,
+            samples_per_class=max(1, args.eval_num_samples // 10),
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed + 2,
+            interpolation=args.image_interpolation_mode,
+        )
+        return float(evaluation["digit_accuracy"])
+
+    def _frechet_distance(self) -> float:
+        from flow_pipelines.evaluation.frechet import FrechetDistance, quantize_images
+
+        args = self.args
+        if getattr(self, "_frechet", None) is None:
+            # Reference: the first --eval_num_samples training images, read once; their labels are sampled.
+            examples = []
+            if self.data.num_examples is not None:
+                count = min(args.eval_num_samples, self.data.num_examples)
+                examples = [self.data.dataset[index] for index in range(count)]
+            else:
+                for example in self.data.dataset:
+                    examples.append(example)
+                    if len(examples) == args.eval_num_samples:
+                        break
+            reference = collate_examples(examples)
+            self._frechet = FrechetDistance(self._extractor, show_progress=False)
+            self._frechet.update(reference["pixels"], real=True)
+            self._frechet_labels = reference["class_labels"].tolist()
+        self._frechet.metric.reset()
+        generator = torch.Generator(device="cpu").manual_seed(args.seed + 2)
+        images = self.pipeline()(
+            class_labels=self._frechet_labels,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            generator=generator,
+            output_type="pt",
+        ).images
+        self._frechet.update(quantize_images(images), real=False)
+        return float(self._frechet.compute())
 
     def finish(self) -> dict[str, Any]:
         """Save the EMA pipeline with its grid and model card, evaluate the digits, push; write the summary."""

@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import flow
+from ..paths import path_from_config
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``velocity(x, sigma) -> v``: ``x`` of shape ``(B, ...)``, ``sigma`` of shape ``(B,)``."""
@@ -87,19 +88,22 @@ class ModelVelocity:
 
     The model is called as ``model(hidden_states, timestep=sigma * num_train_timesteps, class_labels,
     return_dict=False)[0]`` and its output converted to a velocity by :func:`flow_pipelines.flow.to_velocity`
-    according to its ``prediction_type``. With guidance the velocity is ``uncond + s (cond - uncond)``: the
+    according to its ``prediction_type``. A model trained on another path (config ``path``, e.g.
+    ``"cosine"`` or ``"vp"``) goes through the same mapping as `FlowPipeline`
+    (:meth:`flow_pipelines.paths.FlowPath.mapping`): it is called with ``c * x`` at its own timestep and its
+    output is turned into our velocity by ``mapping.to_flow``. With guidance the velocity is ``uncond + s (cond - uncond)``: the
     likelihood is then that of the distribution a deterministic guided sampler draws from.
 
     Args:
-        model: The model; its config gives ``num_classes`` (the null class id), ``num_train_timesteps`` and
-            ``prediction_type``.
+        model: The model; its config gives ``num_classes`` (the null class id), ``num_train_timesteps``,
+            ``prediction_type`` and ``path`` / ``path_kwargs``.
         class_labels: ``None`` for the unconditional model (the null class), or one class id per sample (or
             one for all).
         guidance_scale: Classifier-free guidance scale (1 = the conditional model alone).
         prediction_type: Overrides the config's prediction type.
 
     Raises:
-        ValueError: For a model whose time convention is not the flow one, an unknown prediction type, or
+        ValueError: For a model whose time convention is DDPM's, an unknown prediction type or path, or
             guidance without class labels.
     """
 
@@ -117,6 +121,8 @@ class ModelVelocity:
                 "velocity, so its flow likelihood cannot be computed."
             )
         self.model = model
+        config = getattr(model, "config", None)
+        self.path = path_from_config(config if config is not None else {})
         self.prediction_type = flow.check_prediction_type(
             prediction_type or _config_value(model, "prediction_type", "velocity")
         )
@@ -151,18 +157,28 @@ class ModelVelocity:
         """
         dtype = getattr(self.model, "dtype", x.dtype)
         labels = self._labels(x.shape[0], x.device)
-        timestep = flow.sigma_to_timestep(sigma, self.num_train_timesteps)
+        mapping = None
+        model_input = x
+        if self.path.name == "linear":
+            timestep = flow.sigma_to_timestep(sigma, self.num_train_timesteps)
+        else:
+            mapping = self.path.mapping(sigma, self.num_train_timesteps)
+            model_input = mapping.model_input(x)
+            timestep = torch.as_tensor(mapping.timestep, device=x.device).expand(x.shape[0])
         if self.guidance_scale == 1.0:
-            prediction = self._call(x.to(dtype), timestep.to(dtype), labels)
+            prediction = self._call(model_input.to(dtype), timestep.to(dtype), labels)
         else:
             null = torch.full_like(labels, self.null_class)
             both = self._call(
-                torch.cat([x, x]).to(dtype),
+                torch.cat([model_input, model_input]).to(dtype),
                 torch.cat([timestep, timestep]).to(dtype),
                 torch.cat([labels, null]),
             )
             cond, uncond = both.chunk(2)
             prediction = uncond + self.guidance_scale * (cond - uncond)
+        if mapping is not None:
+            # Guidance mixes path outputs, as the pipeline does; the mapping is linear in the output.
+            return mapping.to_flow(prediction.to(x.dtype), x, self.prediction_type, "velocity")
         return flow.to_velocity(prediction.to(x.dtype), x, sigma, self.prediction_type)
 
     def _call(self, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

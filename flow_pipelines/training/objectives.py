@@ -9,6 +9,13 @@ the loss compares it with the ``loss_target`` type after converting the output t
 :func:`flow_pipelines.flow.convert_prediction`; the two are chosen independently. The regression target
 for each type is known exactly from ``(x0, noise)``.
 
+Other affine paths (:mod:`flow_pipelines.paths`: ``"cosine"``, ``"vp"``) train the same way in the path's
+own terms: the noise level ``sigma`` is drawn from the same density over *our* noise levels and moved to
+the path time ``s = path.time_from_sigma(sigma)`` (the same signal-to-noise ratio), floored at
+``MIN_PATH_TIME`` because the VP velocity target is infinite at ``s = 0``; the model sees
+``path.interpolate(x0, noise, s)`` at ``s * num_train_timesteps`` and its output is compared, through
+``path.convert_prediction``, with ``path.target``. Loss weights stay functions of our ``sigma``.
+
 Noise levels are drawn from one of three densities (SD3, Esser et al. 2024), then optionally shifted by
 :func:`flow_pipelines.flow.shift_sigmas`:
 
@@ -25,12 +32,17 @@ from dataclasses import dataclass
 import torch
 
 from .. import flow
+from ..paths import FlowPath, LinearPath
 
 TIME_SAMPLING_SCHEMES: tuple[str, ...] = ("uniform", "logit_normal", "mode")
 LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "sigma_sqrt", "cosmap")
 
 # The mode density is a monotone map of u only for scales in this range (its derivative stays < 0).
 _MODE_SCALE_RANGE: tuple[float, float] = (-1.0, 2.0 / (math.pi - 2.0))
+
+MIN_PATH_TIME = 1e-5
+"""Smallest path time trained at on a non-linear path: the VP path's ``b'(s) ~ 1 / sqrt(s)`` (its velocity
+target) is infinite at ``s = 0``."""
 
 
 def check_time_sampling(
@@ -192,7 +204,10 @@ class FlowMatchingObjective:
         mode_scale: Mode-density scale.
         shift: Sigma shift applied to the drawn noise levels.
         loss_weighting: ``"none"``, ``"sigma_sqrt"`` or ``"cosmap"``.
-        num_train_timesteps: The model's time scale: it is called with ``sigma * num_train_timesteps``.
+        num_train_timesteps: The model's time scale: it is called with ``sigma * num_train_timesteps``
+            (``s * num_train_timesteps`` on another path).
+        path: The path trained on (:func:`flow_pipelines.paths.get_path`); None is our straight path,
+            computed exactly as without a path.
 
     Raises:
         ValueError: For any unknown name or invalid parameter, at construction.
@@ -207,8 +222,11 @@ class FlowMatchingObjective:
     shift: float = 1.0
     loss_weighting: str = "none"
     num_train_timesteps: int = 1000
+    path: FlowPath | None = None
 
     def __post_init__(self) -> None:
+        if self.path is not None and not isinstance(self.path, FlowPath):
+            raise ValueError(f"path={self.path!r} must be a flow_pipelines.paths.FlowPath or None.")
         flow.check_prediction_type(self.prediction_type)
         try:
             flow.check_prediction_type(self.loss_target)
@@ -249,6 +267,26 @@ class FlowMatchingObjective:
             device=device,
         )
 
+    @property
+    def on_straight_path(self) -> bool:
+        """Whether training is on our straight path (no path, or the linear one)."""
+        return self.path is None or isinstance(self.path, LinearPath)
+
+    def path_times(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """The path times ``s`` of our noise levels: ``sigmas`` itself on the straight path, else
+        ``path.time_from_sigma`` floored at :data:`MIN_PATH_TIME`.
+
+        Args:
+            sigmas: Our noise levels ``(batch,)``.
+
+        Returns:
+            Path times ``(batch,)`` in ``sigmas``' dtype and device.
+        """
+        if self.on_straight_path:
+            return sigmas
+        times = self.path.time_from_sigma(sigmas).clamp(MIN_PATH_TIME, 1.0)
+        return times.to(device=sigmas.device, dtype=sigmas.dtype)
+
     def loss(
         self,
         model_output: torch.Tensor,
@@ -263,19 +301,29 @@ class FlowMatchingObjective:
             model_output: The model's output at ``(noisy, sigmas)``, of type ``prediction_type``.
             x0: Clean samples.
             noise: The noise used to build ``noisy``.
-            sigmas: Noise levels ``(batch,)``.
-            noisy: ``interpolate(x0, noise, sigmas)``, recomputed if not given.
+            sigmas: Our noise levels ``(batch,)`` (also on another path: its times are derived from them).
+            noisy: The model input (``interpolate(x0, noise, sigmas)``, or the path's point at
+                ``path_times(sigmas)``), recomputed if not given.
 
         Returns:
             A scalar loss (float32): per-sample mean over all non-batch dimensions, weighted, then
             averaged over the batch.
         """
-        if noisy is None:
-            noisy = flow.interpolate(x0, noise, sigmas)
-        prediction = flow.convert_prediction(
-            model_output.float(), noisy.float(), sigmas.float(), self.prediction_type, self.loss_target
-        )
-        target = regression_target(x0.float(), noise.float(), self.loss_target)
+        if not self.on_straight_path:
+            times = self.path_times(sigmas.float())
+            if noisy is None:
+                noisy = self.path.interpolate(x0, noise, times)
+            prediction = self.path.convert_prediction(
+                model_output.float(), noisy.float(), times, self.prediction_type, self.loss_target
+            )
+            target = self.path.target(x0.float(), noise.float(), times, self.loss_target)
+        else:
+            if noisy is None:
+                noisy = flow.interpolate(x0, noise, sigmas)
+            prediction = flow.convert_prediction(
+                model_output.float(), noisy.float(), sigmas.float(), self.prediction_type, self.loss_target
+            )
+            target = regression_target(x0.float(), noise.float(), self.loss_target)
         per_sample = (prediction - target).pow(2).flatten(1).mean(dim=1)
         weights = loss_weights(sigmas.float(), self.loss_weighting)
         return (weights * per_sample).mean()
@@ -290,11 +338,17 @@ class FlowMatchingObjective:
             generator: Random source on ``x0``'s device.
 
         Returns:
-            ``(noisy, timesteps, noise, sigmas)``: the model input ``x_sigma``, the model's time input
-            ``sigma * num_train_timesteps`` (float32), the noise and the noise levels.
+            ``(noisy, timesteps, noise, sigmas)``: the model input ``x_sigma`` (the path's point on another
+            path), the model's time input ``sigma * num_train_timesteps`` (``s * num_train_timesteps``;
+            float32), the noise and our noise levels.
         """
         sigmas = self.sample_sigmas(x0.shape[0], generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if not self.on_straight_path:
+            times = self.path_times(sigmas)
+            noisy = self.path.interpolate(x0, noise, times)
+            timesteps = flow.sigma_to_timestep(times, self.num_train_timesteps)
+            return noisy, timesteps, noise, sigmas
         noisy = flow.interpolate(x0, noise, sigmas.to(x0.dtype))
         timesteps = flow.sigma_to_timestep(sigmas, self.num_train_timesteps)
         return noisy, timesteps, noise, sigmas
