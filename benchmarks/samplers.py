@@ -19,7 +19,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from flow_pipelines import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler
+from flow_pipelines import FlowEulerScheduler, FlowHeunScheduler, FlowMultistepScheduler, FlowSDEScheduler
 from flow_pipelines.analytic import GaussianFlow, sample_with_scheduler
 
 FLOW_MODE = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 1.0}
@@ -27,6 +27,9 @@ SAMPLERS = {
     "FlowEulerScheduler": lambda: FlowEulerScheduler(),
     "FlowHeunScheduler": lambda: FlowHeunScheduler(),
     "FlowSDEScheduler (sigma)": lambda: FlowSDEScheduler(),
+    "FlowMultistepScheduler": lambda: FlowMultistepScheduler(),
+    "FlowMultistep (order 2)": lambda: FlowMultistepScheduler(solver_order=2),
+    "FlowMultistep (uniform)": lambda: FlowMultistepScheduler(sigma_schedule="uniform"),
     "diffusers FlowMatchEuler": lambda: FlowMatchEulerDiscreteScheduler(),
     "diffusers FlowMatchHeun": lambda: FlowMatchHeunDiscreteScheduler(),
     "diffusers DPMSolver++ (flow)": lambda: DPMSolverMultistepScheduler(**FLOW_MODE),

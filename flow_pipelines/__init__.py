@@ -10,7 +10,7 @@ from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F40
 from . import diffusers_integration
 from .models import DiTModel
 from .pipelines import FlowPipeline
-from .schedulers import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler
+from .schedulers import FlowEulerScheduler, FlowHeunScheduler, FlowMultistepScheduler, FlowSDEScheduler
 
 diffusers_integration.register({"FlowPipeline": FlowPipeline})
 
@@ -20,6 +20,7 @@ __all__ = [
     "DiTModel",
     "FlowEulerScheduler",
     "FlowHeunScheduler",
+    "FlowMultistepScheduler",
     "FlowPipeline",
     "FlowSDEScheduler",
 ]

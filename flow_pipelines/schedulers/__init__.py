@@ -3,12 +3,14 @@
 from .scheduling_flow_common import FlowSchedulerBase, FlowSchedulerOutput
 from .scheduling_flow_euler import FlowEulerScheduler
 from .scheduling_flow_heun import FlowHeunScheduler
+from .scheduling_flow_multistep import FlowMultistepScheduler
 from .scheduling_flow_sde import DIFFUSION_FORMS, FlowSDEScheduler, diffusion_coefficient
 
 __all__ = [
     "DIFFUSION_FORMS",
     "FlowEulerScheduler",
     "FlowHeunScheduler",
+    "FlowMultistepScheduler",
     "FlowSDEScheduler",
     "FlowSchedulerBase",
     "FlowSchedulerOutput",

@@ -17,7 +17,11 @@ from diffusers.utils import BaseOutput
 
 from .. import flow
 
-SIGMA_SCHEDULES: tuple[str, ...] = ("uniform", "karras")
+SIGMA_SCHEDULES: tuple[str, ...] = ("uniform", "karras", "logsnr")
+# How much the "logsnr" schedule stretches the log-SNR of the uniform grid: chosen from the endpoint error of
+# the multistep solver at 5 to 16 steps on Gaussian data of std 0.05 to 2 and on Gaussian mixtures, where
+# 1.15 to 1.25 did best at every step count (1 is the uniform grid).
+LOGSNR_STRETCH = 1.2
 
 
 @dataclass
@@ -65,9 +69,12 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
             explicit ``sigmas``, as diffusers does). Values > 1 spend more steps at high noise.
         prediction_type: What the model outputs: ``"velocity"`` (``noise - x0``), ``"sample"`` (``x0``)
             or ``"epsilon"`` (``noise``); `step` converts it.
-        sigma_schedule: Spacing of the grid before the shift: ``"uniform"`` (equal steps in sigma) or
+        sigma_schedule: Spacing of the grid before the shift: ``"uniform"`` (equal steps in sigma),
             ``"karras"`` (``sigma_i = (1 - i / N) ** rho``, Karras et al.'s spacing between 1 and 0,
-            dense near the data).
+            dense near the data) or ``"logsnr"`` (the log signal-to-noise ratio ``log((1 - sigma) / sigma)``
+            of the uniform grid stretched by `LOGSNR_STRETCH` ``= b``: ``sigma_i = u^b / (u^b + (1 - u)^b)``
+            with ``u = 1 - i / N``; symmetric in log-SNR, with steps that shrink towards both ends of the path,
+            where data of small and of large scale are resolved; made for few-step multistep solvers).
         rho: Exponent of the ``"karras"`` spacing.
         use_dynamic_shifting: Take the shift from the ``mu`` given to `set_timesteps` (``shift = exp(mu)``),
             as FLUX-style pipelines do, instead of from ``shift``.
@@ -81,6 +88,7 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
         "FlowEulerScheduler",
         "FlowHeunScheduler",
         "FlowSDEScheduler",
+        "FlowMultistepScheduler",
         "FlowMatchEulerDiscreteScheduler",
         "FlowMatchHeunDiscreteScheduler",
     ]
@@ -208,6 +216,9 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
         grid = torch.linspace(1.0, 0.0, num_inference_steps + 1, dtype=torch.float64)
         if self.config.sigma_schedule == "karras":
             grid = grid**self.config.rho
+        elif self.config.sigma_schedule == "logsnr":
+            stretched = grid**LOGSNR_STRETCH
+            grid = stretched / (stretched + (1.0 - grid) ** LOGSNR_STRETCH)
         return grid
 
     def _expand_grid(self, grid: torch.Tensor) -> torch.Tensor:
