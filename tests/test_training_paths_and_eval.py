@@ -3,7 +3,6 @@ model of another path."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -19,42 +18,16 @@ from flow_pipelines.evaluation.likelihood import ModelVelocity, log_likelihood
 from flow_pipelines.paths import get_path
 from flow_pipelines.training.objectives import MIN_PATH_TIME, FlowMatchingObjective
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "train_scripts" / "train_flow.py"
+from .training_support import SCRIPT, TINY, load_training_script, offline_training_env, run  # noqa: F401
 
-# A one-block DiT on 8x8 digits: a step takes milliseconds.
-TINY = [
-    "--hidden_size", "32", "--num_layers", "1", "--num_attention_heads", "2", "--patch_size", "2",
-    "--resolution", "8", "--train_batch_size", "4", "--max_train_samples", "40",
-    "--validation_steps", "0", "--checkpointing_steps", "0", "--evaluation_samples_per_class", "0",
-    "--validation_images_per_class", "1", "--num_inference_steps", "2", "--logging_steps", "1",
-    "--lr_warmup_steps", "2", "--lr_scheduler", "constant_with_warmup", "--cpu_threads", "1",
-]  # fmt: skip
+pytestmark = pytest.mark.usefixtures("offline_training_env")
+MODULE_NAME = "train_flow_paths"
 
 
 @pytest.fixture(scope="module")
 def train_flow():
     """The training script as a module."""
-    spec = importlib.util.spec_from_file_location("train_flow_paths", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-
-
-def run(train_flow, output_dir: Path, *flags: str) -> dict:
-    """Call the script's main in-process with the tiny settings (later flags win)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return train_flow.main(train_flow.parse_args(["--output_dir", str(output_dir), *TINY, *flags]))
+    return load_training_script(MODULE_NAME)
 
 
 def log_records(output_dir: Path) -> list[dict]:
