@@ -30,7 +30,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .pipelines import FlowPipeline
-from .schedulers import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler
+from .schedulers import FlowEulerScheduler, FlowHeunScheduler, FlowMultistepScheduler, FlowSDEScheduler
 from .visualization import make_labelled_grid
 
 RANDOM_CLASS = -1
@@ -55,9 +55,13 @@ def _from_config(
     return scheduler_class.from_config({**kept, **overrides})
 
 
-def _ours(scheduler_class: type[SchedulerMixin]) -> Callable[[dict[str, Any], str], SchedulerMixin]:
+def _ours(
+    scheduler_class: type[SchedulerMixin], **settings: Any
+) -> Callable[[dict[str, Any], str], SchedulerMixin]:
     def build(config: dict[str, Any], prediction_type: str) -> SchedulerMixin:
-        return _from_config(scheduler_class, config, shift=_shift_of(config), prediction_type=prediction_type)
+        return _from_config(
+            scheduler_class, config, shift=_shift_of(config), prediction_type=prediction_type, **settings
+        )
 
     return build
 
@@ -88,6 +92,8 @@ SCHEDULERS: dict[str, Callable[[dict[str, Any], str], SchedulerMixin]] = {
     "euler": _ours(FlowEulerScheduler),
     "heun": _ours(FlowHeunScheduler),
     "sde": _ours(FlowSDEScheduler),
+    # The few-step solver with the grid it was designed with, whatever grid the saved scheduler used.
+    "multistep": _ours(FlowMultistepScheduler, sigma_schedule="logsnr"),
     "flowmatch-euler": _flow_match(FlowMatchEulerDiscreteScheduler),
     "flowmatch-heun": _flow_match(FlowMatchHeunDiscreteScheduler),
     "dpm": _multistep_flow(DPMSolverMultistepScheduler),
@@ -99,7 +105,7 @@ def make_scheduler(name: str, config: dict[str, Any], prediction_type: str = "ve
     """Build a flow scheduler by short name from another scheduler's config.
 
     Args:
-        name: One of `SCHEDULERS`: ``euler``, ``heun``, ``sde`` (this package), ``flowmatch-euler``,
+        name: One of `SCHEDULERS`: ``euler``, ``heun``, ``sde``, ``multistep`` (this package), ``flowmatch-euler``,
             ``flowmatch-heun`` (diffusers' FlowMatch schedulers), ``dpm``, ``unipc`` (diffusers'
             multistep solvers in flow mode).
         config: The config to start from (typically ``pipeline.scheduler.config``); its ``shift`` carries over.
