@@ -1,6 +1,7 @@
 """flow_pipelines: flow-matching image generation on the Hugging Face stack.
 
 Public names: ``FlowPipeline``, ``DiTModel``, ``FlowEulerScheduler``, ``FlowHeunScheduler``,
+``FlowMultistepScheduler``,
 ``FlowSDEScheduler``.
 """
 
