@@ -11,10 +11,20 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def single_intra_op_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads only add overhead, and stall when other jobs share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _git_blob_id(path: Path) -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 from PIL import Image
 
@@ -17,21 +16,7 @@ from flow_pipelines.evaluation.digits import DigitClassifier
 from flow_pipelines.evaluation.frechet import DinoV2FeatureExtractor, WeightsUnavailableError, quantize_images
 from flow_pipelines.evaluation.likelihood import ModelVelocity, image_bits_per_dim
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add overhead here, and stall when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def scipy_frechet(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    mu1, mu2 = features_a.mean(0), features_b.mean(0)
-    sigma1, sigma2 = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
-    root = scipy.linalg.sqrtm(sigma1 @ sigma2).real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
+from .test_frechet import scipy_frechet
 
 
 def digits_pixels() -> torch.Tensor:

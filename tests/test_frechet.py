@@ -27,15 +27,6 @@ from flow_pipelines.evaluation.frechet import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add overhead here, and stall when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def scipy_frechet(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """The textbook computation (pytorch-fid / ADM): scipy's general matrix square root of sigma1 sigma2."""
     mu1, mu2 = features_a.mean(0), features_b.mean(0)

@@ -24,15 +24,6 @@ MEAN = torch.tensor([1.5, -2.0, 0.3, 0.0, 0.7])
 STD = torch.tensor([0.2, 0.5, 1.3, 1.0, 0.35])
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add overhead here, and stall when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class RotatedGaussianFlow:
     """GaussianFlow seen through an orthogonal rotation ``x = R y``: correlated data, a non-diagonal Jacobian.
 

@@ -35,15 +35,6 @@ GAUSSIAN = GaussianFlow(mean=torch.tensor([1.5, -2.0, 0.3, 0.0]), std=torch.tens
 PREDICTION_TYPES = ("velocity", "sample", "epsilon")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids spin-wait contention.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ----------------------------------------------------------------------------- reference coefficients
 def cosine_reference(s: float) -> tuple[float, float, float, float]:
     """``(a, b, a', b')`` of the cosine path, written out."""

@@ -28,15 +28,6 @@ from flow_pipelines import (
 from flow_pipelines.sample import SCHEDULERS, make_scheduler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids spin-wait contention.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @contextlib.contextmanager
 def record_calls(transformer: torch.nn.Module):
     """Record (batch size, timesteps, class labels) of every transformer forward."""

@@ -20,14 +20,6 @@ from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tupl
 from flow_pipelines import FlowEulerScheduler, FlowPipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def sample(pipe: FlowPipeline, labels=(1, 2), steps: int = 3) -> torch.Tensor:
     config = pipe.transformer.config
     noise = torch.randn(
