@@ -5,6 +5,7 @@ from .scheduling_flow_euler import FlowEulerScheduler
 from .scheduling_flow_heun import FlowHeunScheduler
 from .scheduling_flow_multistep import FlowMultistepScheduler
 from .scheduling_flow_sde import DIFFUSION_FORMS, FlowSDEScheduler, diffusion_coefficient
+from .registry import SCHEDULERS, make_scheduler
 
 __all__ = [
     "DIFFUSION_FORMS",
@@ -14,5 +15,7 @@ __all__ = [
     "FlowSDEScheduler",
     "FlowSchedulerBase",
     "FlowSchedulerOutput",
+    "SCHEDULERS",
     "diffusion_coefficient",
+    "make_scheduler",
 ]

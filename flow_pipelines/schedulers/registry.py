@@ -1,0 +1,99 @@
+"""Flow schedulers by short name: this package's and diffusers', built from another scheduler's config.
+
+The command-line tools and benchmarks pick a sampler by name (``--scheduler heun``); this table is the one
+place that knows how to turn a saved scheduler config into each of them. Every scheduler is built with its
+own default prediction type (the velocity, which diffusers' multistep solvers call ``"flow_prediction"``):
+`FlowPipeline` hands any scheduler what it expects, whatever the model predicts.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .scheduling_flow_euler import FlowEulerScheduler
+from .scheduling_flow_heun import FlowHeunScheduler
+from .scheduling_flow_multistep import FlowMultistepScheduler
+from .scheduling_flow_sde import FlowSDEScheduler
+
+
+def shift_of(config: dict[str, Any]) -> float:
+    """The shift of a flow scheduler config: ``shift`` (FlowMatch / ours) or ``flow_shift`` (multistep solvers).
+
+    Args:
+        config: A scheduler config.
+
+    Returns:
+        The shift (1 when the config has none).
+    """
+    return float(config.get("shift", config.get("flow_shift", 1.0)))
+
+
+def _from_config(scheduler_class: type[SchedulerMixin], config: dict[str, Any], **overrides: Any) -> SchedulerMixin:
+    """``from_config`` with only the keys the class takes, so that no foreign key draws a warning."""
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    kept = {key: value for key, value in config.items() if key in accepted and key != "prediction_type"}
+    return scheduler_class.from_config({**kept, **overrides})
+
+
+def _shifted(scheduler_class: type[SchedulerMixin], **settings: Any) -> Callable[[dict[str, Any]], SchedulerMixin]:
+    def build(config: dict[str, Any]) -> SchedulerMixin:
+        return _from_config(scheduler_class, config, shift=shift_of(config), **settings)
+
+    return build
+
+
+def _multistep_flow(scheduler_class: type[SchedulerMixin]) -> Callable[[dict[str, Any]], SchedulerMixin]:
+    def build(config: dict[str, Any]) -> SchedulerMixin:
+        return _from_config(
+            scheduler_class,
+            config,
+            use_flow_sigmas=True,
+            prediction_type="flow_prediction",
+            flow_shift=shift_of(config),
+        )
+
+    return build
+
+
+SCHEDULERS: dict[str, Callable[[dict[str, Any]], SchedulerMixin]] = {
+    "euler": _shifted(FlowEulerScheduler),
+    "heun": _shifted(FlowHeunScheduler),
+    "sde": _shifted(FlowSDEScheduler),
+    # The few-step solver with the grid it was designed with, whatever grid the saved scheduler used.
+    "multistep": _shifted(FlowMultistepScheduler, sigma_schedule="logsnr"),
+    "flowmatch-euler": _shifted(FlowMatchEulerDiscreteScheduler),
+    "flowmatch-heun": _shifted(FlowMatchHeunDiscreteScheduler),
+    "dpm": _multistep_flow(DPMSolverMultistepScheduler),
+    "unipc": _multistep_flow(UniPCMultistepScheduler),
+}
+"""Short name -> builder ``(config) -> scheduler``."""
+
+
+def make_scheduler(name: str, config: dict[str, Any] | None = None) -> SchedulerMixin:
+    """Build a flow scheduler by short name from another scheduler's config (its shift carries over).
+
+    Args:
+        name: One of `SCHEDULERS`: ``euler``, ``heun``, ``sde``, ``multistep`` (this package),
+            ``flowmatch-euler``, ``flowmatch-heun`` (diffusers' FlowMatch schedulers), ``dpm``, ``unipc``
+            (diffusers' multistep solvers in flow mode).
+        config: The config to start from (typically ``pipeline.scheduler.config``); defaults if None.
+
+    Returns:
+        The scheduler.
+
+    Raises:
+        ValueError: For an unknown name, listing the known ones.
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler={name!r} is not supported; allowed: {', '.join(SCHEDULERS)}.")
+    return SCHEDULERS[name](dict(config or {}))
