@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import flow
+from .paths import STRAIGHT_PATH, expand
 
 
 class GaussianFlow:
@@ -48,7 +48,7 @@ class GaussianFlow:
             ``(m, V)``, broadcastable against ``like``.
         """
         mean, std = self._params(like)
-        sigma = flow.expand_sigma(sigma, like)
+        sigma = expand(torch.as_tensor(sigma, dtype=like.dtype), like)
         return (1 - sigma) * mean, (1 - sigma) ** 2 * std**2 + sigma**2
 
     def velocity(self, sample: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ class GaussianFlow:
         """
         mean, std = self._params(sample)
         m, var = self.marginal(sigma, sample)
-        sigma = flow.expand_sigma(sigma, sample)
+        sigma = expand(torch.as_tensor(sigma, dtype=sample.dtype), sample)
         half_dvar = sigma - (1 - sigma) * std**2
         return -mean + half_dvar / var * (sample - m)
 
@@ -80,7 +80,7 @@ class GaussianFlow:
         Returns:
             The prediction, shaped like ``sample``.
         """
-        return flow.from_velocity(self.velocity(sample, sigma), sample, sigma, prediction_type)
+        return STRAIGHT_PATH.convert(self.velocity(sample, sigma), sample, sigma, "velocity", prediction_type)
 
     def transport(self, sample: torch.Tensor, sigma_from: float, sigma_to: float = 0.0) -> torch.Tensor:
         """Exact solution of the flow ODE from ``sigma_from`` to ``sigma_to``.

@@ -1,31 +1,36 @@
-"""Affine noising paths and their mapping onto the package's straight path.
+"""The path: how data, noise and time relate, and every conversion between what a model may predict.
 
-A model may be trained on any affine path between data and noise,
+The package's convention, shared with diffusers' ``FlowMatch*`` schedulers, is the **straight path**::
 
-    x_s = a(s) * x0 + b(s) * noise,   s in [0, 1], s = 0 data, s = 1 (about) noise,
+    x_sigma = (1 - sigma) * x0 + sigma * noise,   sigma in [0, 1], sigma = 1 is pure noise
+    timestep = sigma * num_train_timesteps,        velocity = dx_sigma / dsigma = noise - x0
 
-called with ``timestep = s * num_train_timesteps`` and predicting the path's velocity
-``dx_s/ds = a'(s) x0 + b'(s) noise``, the sample ``x0`` or the noise. Every such path is a change of
-time and scale of the straight path of :mod:`flow_pipelines.flow`: with ``c = a + b``,
+and sampling integrates ``dx/dsigma = velocity`` from sigma = 1 down to 0. Schedulers, the training loss, the
+guided velocity of a model and the likelihood all work on it.
 
-    x_s / c = (1 - sigma) x0 + sigma noise,   sigma = b / (a + b),
+A model may be trained on any **affine path** in its own time ``t`` in [0, 1],
 
-so a point ``x`` at our noise level ``sigma`` is the point ``c * x`` at path time ``s(sigma)``. A path
-model therefore samples with every flow scheduler through one mapping (:meth:`FlowPath.mapping`): feed
-it ``c * x`` at ``s * num_train_timesteps``, split its output into the data and noise estimates it
-implies (a 2 x 2 linear solve), and hand the scheduler our velocity ``noise_hat - x0_hat`` (or the
-prediction type it asks for, converted by :mod:`flow_pipelines.flow`).
+    x_t = a(t) * x0 + b(t) * noise,   called with timestep = t * num_train_timesteps,
 
-Paths (:func:`get_path`): ``"linear"`` (ours: ``a = 1 - s, b = s``; the mapping is the identity),
-``"cosine"`` (GVP: ``a = cos(pi s / 2), b = sin(pi s / 2)``), ``"vp"`` (variance preserving:
-``a = sqrt(abar), b = sqrt(1 - abar)``, ``abar(s) = exp(-beta_min s - (beta_max - beta_min) s^2 / 2)``;
-the defaults 0.1 and 20 are DDPM's linear betas 1e-4 … 0.02 over 1000 steps at ``t = s * 1000``), and
-:class:`AffinePath` for any user-given ``a`` and ``b``.
+predicting the path's velocity ``dx_t/dt = a'(t) x0 + b'(t) noise``, the data ``x0`` ("sample") or the noise
+("epsilon"). :class:`AffinePath` is that one abstraction; a path is its coefficients ``a, b`` (and their
+derivatives) and nothing else: :class:`LinearPath` (``a = 1 - t, b = t``: the straight path itself, the
+default), :class:`CosinePath`, :class:`VPPath`, :class:`CustomPath` (any user callables) and
+:class:`ReversedPath` (time running from noise to data, as in SiT and facebookresearch/flow_matching).
 
-The VP path never reaches pure noise: its largest noise level is ``sigma(1) = b(1) / (a(1) + b(1))``
-(0.99347 for the defaults). Noise levels above it, where every sampling grid starts, are evaluated at
-``s = 1``: the model sees ``c(1) * x`` as the most noisy input it knows. The same clamping applies at
-either end of any path whose noise levels do not span [0, 1].
+Two facts make every conversion linear and every path samplable with every flow scheduler:
+
+- Given the point ``x`` at time ``t`` and a prediction ``p`` of any type, the data and noise estimates are
+  linear in ``(x, p)`` (:meth:`AffinePath.decompose`): ``x0 = (x - b p) / a`` for an epsilon prediction,
+  ``noise = (x - a p) / b`` for a sample one, and the 2 x 2 solve with ``a' x0 + b' noise = p`` for a velocity.
+  Any type converts to any other through them (:meth:`AffinePath.convert`).
+- With ``c = a + b``, ``x_t / c = (1 - sigma) x0 + sigma noise`` with ``sigma = b / (a + b)``: every affine path
+  is a change of time and scale of the straight one. A point ``x`` at our noise level ``sigma`` is the point
+  ``c * x`` at the path time ``t(sigma)``; :meth:`AffinePath.at_sigma` gives the model's input and timestep
+  there and turns its output into our velocity (for the straight path all of it is the identity).
+
+A path whose noise levels do not span [0, 1] (the VP path ends at ``sigma(1) < 1``) is evaluated at its end
+for noise levels beyond it.
 """
 
 from __future__ import annotations
@@ -37,83 +42,184 @@ from typing import Any
 
 import torch
 
-from . import flow
+PREDICTION_TYPES: tuple[str, ...] = ("velocity", "sample", "epsilon")
+PREDICTION_TYPE_ALIASES: dict[str, str] = {"flow_prediction": "velocity"}
+"""Other libraries' names of our prediction types (diffusers' multistep solvers call the velocity so)."""
 
 PATH_NAMES: tuple[str, ...] = ("linear", "cosine", "vp")
 
-# The same floor as flow.py: a division by a coefficient that vanishes at one end of the path (b at
-# s = 0 for a sample prediction, a at s = 1 for an epsilon prediction) carries no information there.
+# Dividing by a coefficient that vanishes at one end of a path (b at the data end for a sample prediction, a at
+# the noise end for an epsilon prediction) is meaningless there: the prediction carries no information.
 _DIVISION_FLOOR = 1e-6
 # |a + b| below this makes x / (a + b) meaningless.
 _SCALE_FLOOR = 1e-12
 _BISECTION_STEPS = 64
 _CHECK_GRID_POINTS = 1025
 
+Coefficient = float | torch.Tensor
 CoefficientFunction = Callable[[torch.Tensor], torch.Tensor | float]
 
 
-def _as_time(value: float | torch.Tensor) -> torch.Tensor:
-    """A path time or noise level as a float64 tensor (float32 on devices without float64)."""
-    if isinstance(value, torch.Tensor):
-        dtype = torch.float32 if value.device.type == "mps" else torch.float64
-        return value.detach().to(dtype)
-    return torch.as_tensor(value, dtype=torch.float64)
+def check_prediction_type(prediction_type: str) -> str:
+    """The canonical name of a prediction type (diffusers' ``"flow_prediction"`` is the velocity).
+
+    Args:
+        prediction_type: ``"velocity"``, ``"sample"``, ``"epsilon"`` or an alias of one of them.
+
+    Returns:
+        The canonical name.
+
+    Raises:
+        ValueError: If the name is neither a prediction type nor an alias of one.
+    """
+    canonical = PREDICTION_TYPE_ALIASES.get(prediction_type, prediction_type)
+    if canonical not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type={prediction_type!r} is not supported; allowed: {', '.join(PREDICTION_TYPES)} "
+            f"(or {', '.join(map(repr, PREDICTION_TYPE_ALIASES))})."
+        )
+    return canonical
 
 
-Coefficient = float | torch.Tensor
+def expand(value: Coefficient, like: torch.Tensor) -> Coefficient:
+    """A scalar or per-sample value, ready to multiply a batch.
+
+    Args:
+        value: A Python number (returned as it is: no device transfer), a 0-d tensor, or a 1-d tensor with one
+            entry per sample.
+        like: The batch ``(batch, ...)`` it applies to.
+
+    Returns:
+        The number, or a tensor on ``like``'s device and dtype that broadcasts against ``like``.
+    """
+    if not isinstance(value, torch.Tensor):
+        return value
+    value = value.to(device=like.device, dtype=like.dtype)
+    return value if value.ndim == 0 else value.reshape(value.shape[0], *([1] * (like.ndim - 1)))
+
+
+def _combine(weight_x: Coefficient, x: torch.Tensor, weight_p: Coefficient, p: torch.Tensor) -> torch.Tensor:
+    """``weight_x * x + weight_p * p``, skipping exact zeros and ones so identities stay exact (and cheap)."""
+    terms = []
+    for weight, tensor in ((weight_x, x), (weight_p, p)):
+        if isinstance(weight, torch.Tensor):
+            terms.append(expand(weight, tensor) * tensor)
+        elif weight == 1.0:
+            terms.append(tensor)
+        elif weight != 0.0:
+            terms.append(weight * tensor)
+    if not terms:
+        return torch.zeros_like(p)
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 def _floored(value: Coefficient) -> Coefficient:
     """``value`` with its magnitude raised to at least the division floor, keeping its sign."""
     if not isinstance(value, torch.Tensor):
         return math.copysign(max(abs(value), _DIVISION_FLOOR), value)
-    floor = torch.full_like(value, _DIVISION_FLOOR)
-    return torch.where(value.abs() < _DIVISION_FLOOR, floor.copysign(value), value)
+    return torch.where(
+        value.abs() < _DIVISION_FLOOR, torch.full_like(value, _DIVISION_FLOOR).copysign(value), value
+    )
 
 
-def _against(value: Coefficient, like: torch.Tensor) -> Coefficient:
-    """A coefficient ready to multiply ``like``: a Python number as it is (no device transfer), a tensor
-    broadcast per sample."""
-    return flow.expand_sigma(value, like) if isinstance(value, torch.Tensor) else value
+def _as_time(value: float | torch.Tensor) -> torch.Tensor:
+    """A time or noise level as a float64 tensor (float32 on devices without float64)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float32 if value.device.type == "mps" else torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)
 
 
-def _split(
-    prediction: torch.Tensor,
-    sample: torch.Tensor,
-    prediction_type: str,
-    a: Coefficient,
-    b: Coefficient,
-    da: Coefficient,
-    db: Coefficient,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve ``a x0 + b noise = sample`` with the prediction's equation for ``(x0, noise)``."""
-    flow.check_prediction_type(prediction_type)
+def _scalar_or_tensor(value: torch.Tensor, scalar: bool) -> Coefficient:
+    return float(value) if scalar else value
+
+
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's resolution shift ``shift * s / (1 + (shift - 1) * s)``; it keeps 0 and 1 fixed.
+
+    Args:
+        sigmas: Noise levels in [0, 1].
+        shift: The shift; 1 is the identity, > 1 spends more steps at high noise.
+
+    Returns:
+        The shifted noise levels.
+    """
+    if shift == 1.0:
+        return sigmas
+    return shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """The data and noise estimates implied by a prediction, as linear combinations of the point and the prediction.
+
+    ``x0 = x0_from_x * x + x0_from_prediction * p`` and ``noise = noise_from_x * x + noise_from_prediction * p``;
+    every field is a number or a per-sample tensor.
+    """
+
+    x0_from_x: Coefficient
+    x0_from_prediction: Coefficient
+    noise_from_x: Coefficient
+    noise_from_prediction: Coefficient
+
+    def combined(self, weight_x0: Coefficient, weight_noise: Coefficient) -> tuple[Coefficient, Coefficient]:
+        """Weights on ``(x, p)`` of ``weight_x0 * x0 + weight_noise * noise``.
+
+        Args:
+            weight_x0: Weight of the data estimate.
+            weight_noise: Weight of the noise estimate.
+
+        Returns:
+            ``(weight on x, weight on p)``.
+        """
+        return (
+            weight_x0 * self.x0_from_x + weight_noise * self.noise_from_x,
+            weight_x0 * self.x0_from_prediction + weight_noise * self.noise_from_prediction,
+        )
+
+
+def _decomposition(
+    prediction_type: str, a: Coefficient, b: Coefficient, da: Coefficient, db: Coefficient
+) -> Decomposition:
+    """Solve ``a x0 + b noise = x`` together with the prediction's own equation, for ``(x0, noise)``."""
+    if prediction_type == "sample":  # x0 = p
+        return Decomposition(0.0, 1.0, 1.0 / _floored(b), -a / _floored(b))
+    if prediction_type == "epsilon":  # noise = p
+        return Decomposition(1.0 / _floored(a), -b / _floored(a), 0.0, 1.0)
+    determinant = _floored(a * db - b * da)  # velocity: a' x0 + b' noise = p
+    return Decomposition(db / determinant, -b / determinant, -da / determinant, a / determinant)
+
+
+def _target_weights(
+    prediction_type: str, da: Coefficient, db: Coefficient
+) -> tuple[Coefficient, Coefficient]:
+    """Weights on ``(x0, noise)`` of the quantity a prediction type names."""
     if prediction_type == "sample":
-        return prediction, (sample - _against(a, sample) * prediction) / _against(_floored(b), sample)
+        return 1.0, 0.0
     if prediction_type == "epsilon":
-        return (sample - _against(b, sample) * prediction) / _against(_floored(a), sample), prediction
-    determinant = _against(_floored(a * db - b * da), sample)
-    a, b, da, db = (_against(value, sample) for value in (a, b, da, db))
-    return (db * sample - b * prediction) / determinant, (a * prediction - da * sample) / determinant
+        return 0.0, 1.0
+    return da, db
 
 
-class FlowPath:
-    """An affine path ``x_s = a(s) x0 + b(s) noise`` and its mapping onto the straight path.
+class AffinePath:
+    """An affine path ``x_t = a(t) x0 + b(t) noise`` in the model's own time ``t`` in [0, 1].
 
-    Subclasses give :meth:`coefficients` and :meth:`derivatives`; :meth:`time_from_sigma` defaults to a
-    bisection on ``sigma(s) = b / (a + b)`` and is overridden where a closed form exists.
+    A subclass gives :meth:`coefficients` and :meth:`derivatives` (and, where a closed form exists,
+    :meth:`time_from_sigma`); everything else, training targets, conversions between prediction types and the
+    mapping onto the straight path, is defined here once for every path.
     """
 
     name: str = "affine"
     parameters: tuple[str, ...] = ()
     """Keyword arguments that :func:`get_path` passes on for this path."""
+    training_time_range: tuple[float, float] = (0.0, 1.0)
+    """Times at which the path's velocity target is finite; training draws are clamped to them."""
 
-    # ------------------------------------------------------------------ the path itself
+    # ------------------------------------------------------------------------------------ the path itself
     def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(a(s), b(s))``.
+        """``(a(t), b(t))``.
 
         Args:
-            time: Path times ``s`` in [0, 1] (a float tensor of any shape).
+            time: Times ``t`` in [0, 1] (a float tensor of any shape).
 
         Returns:
             Two tensors shaped like ``time``.
@@ -121,10 +227,10 @@ class FlowPath:
         raise NotImplementedError
 
     def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(a'(s), b'(s))``.
+        """``(a'(t), b'(t))``.
 
         Args:
-            time: Path times ``s`` in [0, 1].
+            time: Times ``t`` in [0, 1].
 
         Returns:
             Two tensors shaped like ``time``.
@@ -133,27 +239,15 @@ class FlowPath:
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        """The parameters that :func:`get_path` takes to rebuild this path (saved in a model config)."""
+        """The parameters :func:`get_path` takes to rebuild this path (saved in a model config)."""
         return {}
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.kwargs.items())
         return f"{type(self).__name__}({arguments})"
 
-    def scale(self, time: float | torch.Tensor) -> torch.Tensor:
-        """``c(s) = a(s) + b(s)``: the factor between the straight path and this one.
-
-        Args:
-            time: Path time(s).
-
-        Returns:
-            ``a + b`` as a float64 tensor.
-        """
-        a, b = self.coefficients(_as_time(time))
-        return a + b
-
     def sigma_from_time(self, time: float | torch.Tensor) -> torch.Tensor:
-        """Our noise level of path time ``s``: ``sigma = b / (a + b)``.
+        """Our noise level at path time ``t``: ``sigma = b / (a + b)``.
 
         Args:
             time: Path time(s) in [0, 1].
@@ -166,69 +260,54 @@ class FlowPath:
 
     @property
     def sigma_range(self) -> tuple[float, float]:
-        """``(sigma(0), sigma(1))``: the noise levels the path spans; others are clamped to its ends."""
+        """``(lowest, highest)`` noise level the path reaches; others are evaluated at its ends."""
         ends = self.sigma_from_time(torch.tensor([0.0, 1.0], dtype=torch.float64))
         return float(ends[0]), float(ends[1])
 
     def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
-        """The path time ``s`` whose noise level is ``sigma``, clamped to [0, 1] beyond the path's range.
+        """The path time whose noise level is ``sigma``, clamped to the path's ends beyond its range.
 
-        The generic inverse bisects ``sigma(s)``, which must not decrease on [0, 1].
+        The generic inverse bisects ``sigma(t)``, which must not decrease on [0, 1].
 
         Args:
             sigma: Our noise level(s).
 
         Returns:
-            ``s`` as a float64 tensor shaped like ``sigma``.
+            ``t`` as a float64 tensor shaped like ``sigma``.
         """
         target = _as_time(sigma)
-        low = torch.zeros_like(target)
-        high = torch.ones_like(target)
+        low, high = torch.zeros_like(target), torch.ones_like(target)
         for _ in range(_BISECTION_STEPS):
             middle = (low + high) / 2
             below = self.sigma_from_time(middle) < target
-            low = torch.where(below, middle, low)
-            high = torch.where(below, high, middle)
+            low, high = torch.where(below, middle, low), torch.where(below, high, middle)
         return (low + high) / 2
 
-    def timestep(self, time: float | torch.Tensor, num_train_timesteps: int = 1000) -> torch.Tensor:
-        """The model's time input at path time ``s``: ``s * num_train_timesteps``.
-
-        Args:
-            time: Path time(s).
-            num_train_timesteps: The model's time scale.
-
-        Returns:
-            The timestep(s), float64.
-        """
-        return _as_time(time) * num_train_timesteps
-
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------------------------ in the path's terms
     def interpolate(self, x0: torch.Tensor, noise: torch.Tensor, time: float | torch.Tensor) -> torch.Tensor:
-        """The point ``a(s) x0 + b(s) noise`` of the path.
+        """The point ``a(t) x0 + b(t) noise`` of the path.
 
         Args:
             x0: Clean samples ``(batch, ...)``.
             noise: Gaussian noise of the same shape.
-            time: Path time, a scalar or one per sample.
+            time: Path time, a number or one per sample.
 
         Returns:
-            ``x_s``, shaped and typed like ``x0``.
+            ``x_t``, shaped and typed like ``x0``.
         """
         a, b = self.coefficients(_as_time(time))
-        return flow.expand_sigma(a, x0) * x0 + flow.expand_sigma(b, x0) * noise
+        return expand(a, x0) * x0 + expand(b, x0) * noise
 
     def target(
         self, x0: torch.Tensor, noise: torch.Tensor, time: float | torch.Tensor, prediction_type: str
     ) -> torch.Tensor:
-        """The regression target of a prediction type on this path, for a pair ``(x0, noise)``.
+        """What a model of ``prediction_type`` should output at time ``t`` for the pair ``(x0, noise)``.
 
         Args:
             x0: Clean samples.
             noise: The noise paired with them.
-            time: Path time, a scalar or one per sample.
-            prediction_type: ``"velocity"`` (``a'(s) x0 + b'(s) noise``), ``"sample"`` (``x0``) or
-                ``"epsilon"`` (``noise``).
+            time: Path time, a number or one per sample.
+            prediction_type: ``"velocity"`` (``a'(t) x0 + b'(t) noise``), ``"sample"`` (``x0``) or ``"epsilon"``.
 
         Returns:
             The target, shaped like ``x0``.
@@ -236,30 +315,43 @@ class FlowPath:
         Raises:
             ValueError: For an unknown prediction type.
         """
-        flow.check_prediction_type(prediction_type)
+        prediction_type = check_prediction_type(prediction_type)
         if prediction_type == "sample":
             return x0
         if prediction_type == "epsilon":
             return noise
         da, db = self.derivatives(_as_time(time))
-        return flow.expand_sigma(da, x0) * x0 + flow.expand_sigma(db, x0) * noise
+        return expand(da, x0) * x0 + expand(db, x0) * noise
 
-    def split_prediction(
-        self,
-        prediction: torch.Tensor,
-        sample: torch.Tensor,
-        time: float | torch.Tensor,
-        prediction_type: str,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The data and noise estimates ``(x0_hat, noise_hat)`` implied by a path prediction.
-
-        Solves ``a x0 + b noise = sample`` together with the prediction's own equation
-        (``x0 = p``, ``noise = p`` or ``a' x0 + b' noise = p``).
+    def decomposition(self, time: float | torch.Tensor, prediction_type: str) -> Decomposition:
+        """How a prediction of ``prediction_type`` at time ``t`` splits into data and noise estimates.
 
         Args:
-            prediction: The model output of ``prediction_type`` at ``(sample, s)``.
-            sample: The path point ``x_s``.
-            time: Path time ``s``, a scalar or one per sample.
+            time: Path time: a number (the weights are then numbers) or one per sample.
+            prediction_type: ``"velocity"``, ``"sample"`` or ``"epsilon"``.
+
+        Returns:
+            The :class:`Decomposition`.
+
+        Raises:
+            ValueError: For an unknown prediction type.
+        """
+        prediction_type = check_prediction_type(prediction_type)
+        scalar = not isinstance(time, torch.Tensor) or time.ndim == 0
+        time = _as_time(time)
+        (a, b), (da, db) = self.coefficients(time), self.derivatives(time)
+        a, b, da, db = (_scalar_or_tensor(value, scalar) for value in (a, b, da, db))
+        return _decomposition(prediction_type, a, b, da, db)
+
+    def decompose(
+        self, prediction: torch.Tensor, sample: torch.Tensor, time: float | torch.Tensor, prediction_type: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The data and noise estimates ``(x0_hat, noise_hat)`` of a prediction at ``(x_t, t)``.
+
+        Args:
+            prediction: The model output, of ``prediction_type``.
+            sample: The path point ``x_t`` it was made at.
+            time: Path time, a number or one per sample.
             prediction_type: ``"velocity"``, ``"sample"`` or ``"epsilon"``.
 
         Returns:
@@ -268,12 +360,13 @@ class FlowPath:
         Raises:
             ValueError: For an unknown prediction type.
         """
-        time = _as_time(time)
-        a, b = self.coefficients(time)
-        da, db = self.derivatives(time)
-        return _split(prediction, sample, prediction_type, a, b, da, db)
+        parts = self.decomposition(time, prediction_type)
+        return (
+            _combine(parts.x0_from_x, sample, parts.x0_from_prediction, prediction),
+            _combine(parts.noise_from_x, sample, parts.noise_from_prediction, prediction),
+        )
 
-    def convert_prediction(
+    def convert(
         self,
         prediction: torch.Tensor,
         sample: torch.Tensor,
@@ -281,12 +374,12 @@ class FlowPath:
         from_type: str,
         to_type: str,
     ) -> torch.Tensor:
-        """Convert a prediction between ``velocity``, ``sample`` and ``epsilon`` in this path's own terms.
+        """Express a prediction at ``(x_t, t)`` as another prediction type of this path.
 
         Args:
             prediction: The prediction to convert.
-            sample: The path point ``x_s`` it refers to.
-            time: Path time ``s``, a scalar or one per sample.
+            sample: The path point ``x_t`` it refers to.
+            time: Path time, a number or one per sample.
             from_type: The type of ``prediction``.
             to_type: The wanted type.
 
@@ -296,24 +389,48 @@ class FlowPath:
         Raises:
             ValueError: For an unknown prediction type.
         """
-        flow.check_prediction_type(from_type)
-        flow.check_prediction_type(to_type)
+        from_type, to_type = check_prediction_type(from_type), check_prediction_type(to_type)
         if from_type == to_type:
             return prediction
-        x0, noise = self.split_prediction(prediction, sample, time, from_type)
-        return self.target(x0, noise, time, to_type)
+        parts = self.decomposition(time, from_type)
+        if to_type == "velocity":
+            scalar = not isinstance(time, torch.Tensor) or time.ndim == 0
+            da, db = (_scalar_or_tensor(value, scalar) for value in self.derivatives(_as_time(time)))
+        else:
+            da = db = 0.0
+        weight_x, weight_p = parts.combined(*_target_weights(to_type, da, db))
+        return _combine(weight_x, sample, weight_p, prediction)
 
-    # ------------------------------------------------------------------ the mapping
-    def mapping(self, sigma: float | torch.Tensor, num_train_timesteps: int = 1000) -> PathMapping:
-        """Where our noise level ``sigma`` lies on this path, with what a sampler needs to call the model.
+    def score(
+        self, prediction: torch.Tensor, sample: torch.Tensor, time: float | torch.Tensor, prediction_type: str
+    ) -> torch.Tensor:
+        """The score ``grad log p_t(x) = -E[noise | x_t] / b(t)`` implied by a prediction (Gaussian noise).
 
         Args:
-            sigma: Our noise level: a number (the coefficients are then plain floats, applied without
-                any device transfer), or a tensor, one value per sample.
-            num_train_timesteps: The model's time scale: it is called with ``s * num_train_timesteps``.
+            prediction: The prediction at ``(x_t, t)``.
+            sample: The path point ``x_t``.
+            time: Path time (``b(t) > 0``), a number or one per sample.
+            prediction_type: Its type.
 
         Returns:
-            The :class:`PathMapping`.
+            The score, shaped like ``sample``.
+        """
+        noise = self.convert(prediction, sample, time, prediction_type, "epsilon")
+        scalar = not isinstance(time, torch.Tensor) or time.ndim == 0
+        _, b = self.coefficients(_as_time(time))
+        return noise * expand(-1.0 / _floored(_scalar_or_tensor(b, scalar)), noise)
+
+    # ------------------------------------------------------------------------------------ onto the straight path
+    def at_sigma(self, sigma: float | torch.Tensor, num_train_timesteps: int | float = 1000) -> PathPoint:
+        """Where our noise level ``sigma`` lies on this path: the model's input, timestep and output map there.
+
+        Args:
+            sigma: Our noise level: a number (everything is then a Python number, applied without device
+                transfers) or a tensor with one value per sample.
+            num_train_timesteps: The model's time scale: it is called with ``t * num_train_timesteps``.
+
+        Returns:
+            The :class:`PathPoint`.
 
         Raises:
             ValueError: If ``a + b`` vanishes at the path time of some ``sigma``.
@@ -321,96 +438,95 @@ class FlowPath:
         scalar = not isinstance(sigma, torch.Tensor) or sigma.ndim == 0
         sigma_tensor = _as_time(sigma)
         time = self.time_from_sigma(sigma_tensor)
-        a, b = self.coefficients(time)
-        da, db = self.derivatives(time)
+        (a, b), (da, db) = self.coefficients(time), self.derivatives(time)
         scale = a + b
         bad = ~(scale.abs() > _SCALE_FLOOR)
         if bool(bad.any()):
             index = int(bad.reshape(-1).nonzero()[0])
             raise ValueError(
-                f"path {self!r}: a(s) + b(s) = {float(scale.reshape(-1)[index]):.3g} vanishes at "
-                f"s={float(time.reshape(-1)[index]):.6g} (a={float(a.reshape(-1)[index]):.3g}, "
-                f"b={float(b.reshape(-1)[index]):.3g}), where the sampling grid puts "
-                f"sigma={float(sigma_tensor.reshape(-1)[index]):.6g}; the mapping x_s = (a + b) * x_sigma "
-                "needs a + b != 0 at every noise level sampled."
+                f"path {self!r}: a(t) + b(t) = {float(scale.reshape(-1)[index]):.3g} vanishes at "
+                f"t={float(time.reshape(-1)[index]):.6g}, where the sampling grid puts "
+                f"sigma={float(sigma_tensor.reshape(-1)[index]):.6g}; the mapping x_t = (a + b) * x_sigma needs "
+                "a + b != 0 at every noise level sampled."
             )
-        values = {
-            "sigma": sigma_tensor,
-            "time": time,
-            "timestep": self.timestep(time, num_train_timesteps),
-            "scale": scale,
-            "a": a,
-            "b": b,
-            "da": da,
-            "db": db,
-        }
-        if scalar:
-            values = {key: float(value) for key, value in values.items()}
-        return PathMapping(path=self, **values)
+        values = (sigma_tensor, time, time * num_train_timesteps, scale, a, b, da, db)
+        return PathPoint(*(_scalar_or_tensor(value, scalar) for value in values))
+
+    def is_singular(self, sigma: float, prediction_type: str) -> bool:
+        """Whether a prediction of this type carries no information at our noise level ``sigma``.
+
+        A sample prediction says nothing about the noise where ``b = 0``, an epsilon prediction nothing about
+        the data where ``a = 0`` (and a velocity where ``a b' - b a' = 0``): converting it there divides by zero.
+
+        Args:
+            sigma: Our noise level.
+            prediction_type: The model's prediction type.
+
+        Returns:
+            True if the conversion divides by a vanishing coefficient there.
+        """
+        prediction_type = check_prediction_type(prediction_type)
+        time = self.time_from_sigma(sigma)
+        (a, b), (da, db) = self.coefficients(time), self.derivatives(time)
+        divisor = {"sample": b, "epsilon": a, "velocity": a * db - b * da}[prediction_type]
+        return bool(abs(float(divisor)) < _DIVISION_FLOOR)
 
 
 @dataclass(frozen=True)
-class PathMapping:
-    """A noise level ``sigma`` of ours located on a path: model input, timestep and output conversion.
+class PathPoint:
+    """Our noise level ``sigma`` located on a path: the model's input and timestep there, and its output map.
+
+    Every field is a number (for a number ``sigma``) or a per-sample tensor.
 
     Args:
-        path: The path.
-        sigma: Our noise level (a float, or a tensor with one value per sample).
-        time: The path time ``s(sigma)``, clamped to [0, 1].
-        timestep: The model's time input ``s * num_train_timesteps``.
-        scale: ``c = a(s) + b(s)``.
-        a: ``a(s)``.
-        b: ``b(s)``.
-        da: ``a'(s)``.
-        db: ``b'(s)``.
+        sigma: Our noise level.
+        time: The path time ``t(sigma)``, clamped to the path's ends.
+        timestep: The model's time input ``t * num_train_timesteps``.
+        scale: ``c = a(t) + b(t)``: the model sees ``c * x`` for our ``x``.
+        a: ``a(t)``.
+        b: ``b(t)``.
+        da: ``a'(t)``.
+        db: ``b'(t)``.
     """
 
-    path: FlowPath
-    sigma: float | torch.Tensor
-    time: float | torch.Tensor
-    timestep: float | torch.Tensor
-    scale: float | torch.Tensor
-    a: float | torch.Tensor
-    b: float | torch.Tensor
-    da: float | torch.Tensor
-    db: float | torch.Tensor
-
-    @property
-    def is_identity(self) -> bool:
-        """True for the linear path, whose model speaks our convention already."""
-        return isinstance(self.path, LinearPath)
+    sigma: Coefficient
+    time: Coefficient
+    timestep: Coefficient
+    scale: Coefficient
+    a: Coefficient
+    b: Coefficient
+    da: Coefficient
+    db: Coefficient
 
     def model_input(self, sample: torch.Tensor) -> torch.Tensor:
-        """The model input ``c * x`` for our point ``x`` at ``sigma``.
+        """The model's input ``c * x`` for our point ``x`` at ``sigma`` (``x`` itself on the straight path).
 
         Args:
             sample: Our ``x_sigma`` ``(batch, ...)``.
 
         Returns:
-            The path point (``sample`` itself on the linear path).
+            The path point.
         """
-        if self.is_identity:
-            return sample
-        return _against(self.scale, sample) * sample
+        return _combine(self.scale, sample, 0.0, sample)
 
-    def to_flow(
+    def to_straight(
         self,
         prediction: torch.Tensor,
         sample: torch.Tensor,
         prediction_type: str,
         target_type: str = "velocity",
     ) -> torch.Tensor:
-        """Turn the path model's output at ``model_input(sample)`` into our prediction at ``(sample, sigma)``.
+        """Turn the model's output at ``model_input(sample)`` into our prediction at ``(sample, sigma)``.
 
-        The output is split into ``(x0_hat, noise_hat)`` (:meth:`FlowPath.split_prediction`), our velocity
-        is ``noise_hat - x0_hat``, and :func:`flow.from_velocity` gives the wanted type. Every wanted type
-        thus describes the same velocity field, also where ``sigma`` lies beyond the path's range.
+        The output's data and noise estimates are linear in ``(c x, p)``; our velocity is
+        ``noise_hat - x0_hat``, our sample ``x0_hat``, our epsilon ``noise_hat``. Each wanted type thus describes
+        the same velocity field, also where ``sigma`` lies beyond the path's range.
 
         Args:
             prediction: The model output.
             sample: Our ``x_sigma`` (not the path point).
             prediction_type: What the model predicts on its path.
-            target_type: What the caller (a scheduler) expects, in our convention.
+            target_type: What the caller expects, in our convention.
 
         Returns:
             The prediction of ``target_type``, shaped like ``sample``.
@@ -418,113 +534,72 @@ class PathMapping:
         Raises:
             ValueError: For an unknown prediction type.
         """
-        if self.is_identity:
-            return flow.convert_prediction(prediction, sample, self.sigma, prediction_type, target_type)
-        flow.check_prediction_type(target_type)
-        x0, noise = _split(
-            prediction, self.model_input(sample), prediction_type, self.a, self.b, self.da, self.db
-        )
-        velocity = flow.velocity_target(x0, noise)
-        return flow.from_velocity(velocity, sample, self.sigma, target_type)
-
-    def from_flow(
-        self,
-        prediction: torch.Tensor,
-        sample: torch.Tensor,
-        prediction_type: str,
-        target_type: str,
-    ) -> torch.Tensor:
-        """The inverse of :meth:`to_flow`: our prediction at ``(sample, sigma)`` as the path model's output.
-
-        Args:
-            prediction: Our prediction of ``prediction_type`` at ``(sample, sigma)``.
-            sample: Our ``x_sigma``.
-            prediction_type: Its type in our convention.
-            target_type: The path prediction type wanted.
-
-        Returns:
-            What a path model of ``target_type`` outputs at ``model_input(sample)``.
-
-        Raises:
-            ValueError: For an unknown prediction type.
-        """
-        if self.is_identity:
-            return flow.convert_prediction(prediction, sample, self.sigma, prediction_type, target_type)
-        x0 = flow.convert_prediction(prediction, sample, self.sigma, prediction_type, "sample")
-        noise = flow.convert_prediction(prediction, sample, self.sigma, prediction_type, "epsilon")
-        return self.path.target(x0, noise, self.time, target_type)
+        parts = _decomposition(check_prediction_type(prediction_type), self.a, self.b, self.da, self.db)
+        weight_x, weight_p = parts.combined(*_STRAIGHT_TARGETS[check_prediction_type(target_type)])
+        return _combine(weight_x * self.scale, sample, weight_p, prediction)
 
 
-class LinearPath(FlowPath):
-    """The straight path ``a = 1 - s``, ``b = s`` of :mod:`flow_pipelines.flow`; its mapping is the identity."""
+# Our velocity, sample and epsilon as weights on the (x0, noise) estimates.
+_STRAIGHT_TARGETS: dict[str, tuple[float, float]] = {
+    "velocity": (-1.0, 1.0),
+    "sample": (1.0, 0.0),
+    "epsilon": (0.0, 1.0),
+}
+
+
+class LinearPath(AffinePath):
+    """The straight path ``a = 1 - t``, ``b = t``: our own convention, on which ``t = sigma`` and the map is the identity."""
 
     name = "linear"
 
     def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1 - s, s)``; see :meth:`FlowPath.coefficients`."""
+        """``(1 - t, t)``; see :meth:`AffinePath.coefficients`."""
         return 1.0 - time, time
 
     def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(-1, 1)``; see :meth:`FlowPath.derivatives`."""
+        """``(-1, 1)``; see :meth:`AffinePath.derivatives`."""
         return -torch.ones_like(time), torch.ones_like(time)
 
     def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
-        """``s = sigma``; see :meth:`FlowPath.time_from_sigma`."""
+        """``t = sigma``; see :meth:`AffinePath.time_from_sigma`."""
         return _as_time(sigma).clamp(0.0, 1.0)
 
-    def interpolate(self, x0: torch.Tensor, noise: torch.Tensor, time: float | torch.Tensor) -> torch.Tensor:
-        """:func:`flow.interpolate`; see :meth:`FlowPath.interpolate`."""
-        return flow.interpolate(x0, noise, time)
 
-    def target(
-        self, x0: torch.Tensor, noise: torch.Tensor, time: float | torch.Tensor, prediction_type: str
-    ) -> torch.Tensor:
-        """The velocity is :func:`flow.velocity_target`; see :meth:`FlowPath.target`."""
-        if flow.check_prediction_type(prediction_type) == "velocity":
-            return flow.velocity_target(x0, noise)
-        return super().target(x0, noise, time, prediction_type)
-
-    def convert_prediction(
-        self,
-        prediction: torch.Tensor,
-        sample: torch.Tensor,
-        time: float | torch.Tensor,
-        from_type: str,
-        to_type: str,
-    ) -> torch.Tensor:
-        """:func:`flow.convert_prediction`; see :meth:`FlowPath.convert_prediction`."""
-        return flow.convert_prediction(prediction, sample, time, from_type, to_type)
-
-
-class CosinePath(FlowPath):
-    """The cosine (GVP) path ``a = cos(pi s / 2)``, ``b = sin(pi s / 2)``; ``s(sigma) = (2 / pi) atan2(sigma, 1 - sigma)``."""
+class CosinePath(AffinePath):
+    """The cosine (GVP) path ``a = cos(pi t / 2)``, ``b = sin(pi t / 2)``; ``t(sigma) = (2 / pi) atan2(sigma, 1 - sigma)``."""
 
     name = "cosine"
 
     def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`FlowPath.coefficients`."""
+        """See :meth:`AffinePath.coefficients`."""
         angle = 0.5 * math.pi * time
         return torch.cos(angle), torch.sin(angle)
 
     def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`FlowPath.derivatives`."""
+        """See :meth:`AffinePath.derivatives`."""
         angle = 0.5 * math.pi * time
         return -0.5 * math.pi * torch.sin(angle), 0.5 * math.pi * torch.cos(angle)
 
     def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
-        """Closed form; see :meth:`FlowPath.time_from_sigma`."""
+        """Closed form; see :meth:`AffinePath.time_from_sigma`."""
         sigma = _as_time(sigma).clamp(0.0, 1.0)
         return (torch.atan2(sigma, 1.0 - sigma) * (2.0 / math.pi)).clamp(0.0, 1.0)
 
 
-class VPPath(FlowPath):
+def _check_finite_number(label: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{label}={value!r} must be a finite number.")
+
+
+class VPPath(AffinePath):
     """The variance-preserving path ``a = sqrt(abar)``, ``b = sqrt(1 - abar)`` of the VP SDE.
 
-    ``abar(s) = exp(-L(s))`` with ``L(s) = beta_min s + (beta_max - beta_min) s^2 / 2``. The defaults
-    match DDPM's linear betas ``1e-4 … 0.02`` over 1000 steps (``beta_i ~ beta(i / 1000) / 1000``) at
-    ``t = s * 1000``; :meth:`from_ddpm_betas` derives them for other schedules. The inverse is the
-    positive root of the quadratic ``L(s) = log(1 + (sigma / (1 - sigma))^2)``. The path ends short of
-    pure noise, at ``sigma(1) < 1``; larger noise levels map to ``s = 1``.
+    ``abar(t) = exp(-L(t))`` with ``L(t) = beta_min t + (beta_max - beta_min) t^2 / 2``. The defaults match
+    DDPM's linear betas ``1e-4 … 0.02`` over 1000 steps at ``timestep = t * 1000``; :meth:`from_ddpm_betas`
+    derives them for other schedules. The inverse is the positive root of ``L(t) = log(1 + (sigma / (1 -
+    sigma))^2)``. The path ends short of pure noise, at ``sigma(1) < 1`` (0.99347 for the defaults); larger
+    noise levels map to ``t = 1``. Its velocity target ``b'(t) ~ 1 / sqrt(t)`` is infinite at ``t = 0``, so
+    training stays above ``t = 1e-5``.
 
     Args:
         beta_min: ``beta(0)`` (>= 0).
@@ -536,11 +611,11 @@ class VPPath(FlowPath):
 
     name = "vp"
     parameters = ("beta_min", "beta_max")
+    training_time_range = (1e-5, 1.0)
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
-        for label, value in (("beta_min", beta_min), ("beta_max", beta_max)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{label}={value!r} must be a finite number.")
+        _check_finite_number("beta_min", beta_min)
+        _check_finite_number("beta_max", beta_max)
         if beta_min < 0 or beta_max <= 0:
             raise ValueError(
                 f"VP path needs beta_min >= 0 and beta_max > 0; got beta_min={beta_min}, beta_max={beta_max}."
@@ -570,28 +645,28 @@ class VPPath(FlowPath):
         return {"beta_min": self.beta_min, "beta_max": self.beta_max}
 
     def _exponent(self, time: torch.Tensor) -> torch.Tensor:
-        """``L(s) = -log abar(s)``."""
+        """``L(t) = -log abar(t)``."""
         return self.beta_min * time + 0.5 * (self.beta_max - self.beta_min) * time**2
 
     def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`FlowPath.coefficients`."""
+        """See :meth:`AffinePath.coefficients`."""
         exponent = self._exponent(time)
         return torch.exp(-0.5 * exponent), torch.sqrt(-torch.expm1(-exponent))
 
     def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`FlowPath.derivatives`; ``b'`` is infinite at ``s = 0`` (``b ~ sqrt(beta_min s)``)."""
+        """See :meth:`AffinePath.derivatives`; ``b'`` is infinite at ``t = 0`` (``b ~ sqrt(beta_min t)``)."""
         a, b = self.coefficients(time)
         beta = self.beta_min + (self.beta_max - self.beta_min) * time
         return -0.5 * beta * a, 0.5 * beta * a * a / b
 
     def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
-        """Closed form, clamped to ``s = 1`` beyond ``sigma(1)``; see :meth:`FlowPath.time_from_sigma`."""
+        """Closed form, clamped to ``t = 1`` beyond ``sigma(1)``; see :meth:`AffinePath.time_from_sigma`."""
         sigma = _as_time(sigma).clamp(0.0, 1.0)
         inside = sigma < self.sigma_range[1]
-        # Beyond the path's range the formula would divide by 1 - sigma = 0 or exceed s = 1.
+        # Beyond the path's range the formula would divide by 1 - sigma = 0 or exceed t = 1.
         safe = torch.where(inside, sigma, torch.zeros_like(sigma))
         exponent = torch.log1p((safe / (1.0 - safe)) ** 2)
-        # The positive root of (beta_max - beta_min) s^2 / 2 + beta_min s - L = 0, written without a
+        # The positive root of (beta_max - beta_min) t^2 / 2 + beta_min t - L = 0, written without a
         # cancelling difference (and valid for beta_max = beta_min).
         root = torch.sqrt(self.beta_min**2 + 2.0 * (self.beta_max - self.beta_min) * exponent)
         denominator = self.beta_min + root
@@ -601,27 +676,26 @@ class VPPath(FlowPath):
         return torch.where(inside, time.clamp(0.0, 1.0), torch.ones_like(time))
 
 
-class AffinePath(FlowPath):
-    """Any affine path from user callables ``a(s)``, ``b(s)`` (and optionally their derivatives).
+class CustomPath(AffinePath):
+    """Any affine path from user callables ``a(t)``, ``b(t)`` (and optionally their derivatives).
 
     The callables take a float64 tensor of times and return a tensor (or number) broadcastable to it;
-    derivatives default to autograd through them. ``s(sigma)`` is found by bisection, so ``sigma(s) =
-    b / (a + b)`` must not decrease on [0, 1] (checked on a grid here). A path that cannot be saved by name
-    (it holds functions) is for training scripts and hand-written samplers; a saved model names one of
-    :data:`PATH_NAMES`.
+    derivatives default to autograd through them. ``t(sigma)`` is found by bisection, so ``sigma(t) = b / (a +
+    b)`` must not decrease on [0, 1] (checked on a grid here). A path of functions cannot be saved by name: it
+    is for training scripts and hand-written samplers; a saved model names one of :data:`PATH_NAMES`.
 
     Args:
-        a: The data coefficient ``a(s)``.
-        b: The noise coefficient ``b(s)``.
-        da: Optional ``a'(s)``.
-        db: Optional ``b'(s)``.
+        a: The data coefficient ``a(t)``.
+        b: The noise coefficient ``b(t)``.
+        da: Optional ``a'(t)``.
+        db: Optional ``b'(t)``.
 
     Raises:
-        ValueError: If an argument is not callable, a coefficient is not finite on [0, 1], or
-            ``b / (a + b)`` decreases somewhere on [0, 1].
+        ValueError: If an argument is not callable, a coefficient is not finite on [0, 1], or ``b / (a + b)``
+            decreases somewhere on [0, 1].
     """
 
-    name = "affine"
+    name = "custom"
 
     def __init__(
         self,
@@ -632,7 +706,7 @@ class AffinePath(FlowPath):
     ) -> None:
         for label, function in (("a", a), ("b", b), ("da", da), ("db", db)):
             if function is not None and not callable(function):
-                raise ValueError(f"{label}={function!r} must be a callable of the path time s.")
+                raise ValueError(f"{label}={function!r} must be a callable of the path time t.")
         self._a, self._b, self._da, self._db = a, b, da, db
         grid = torch.linspace(0.0, 1.0, _CHECK_GRID_POINTS, dtype=torch.float64)
         a_grid, b_grid = self.coefficients(grid)
@@ -640,19 +714,19 @@ class AffinePath(FlowPath):
             if not bool(torch.isfinite(values).all()):
                 bad = int((~torch.isfinite(values)).nonzero()[0])
                 raise ValueError(
-                    f"{label}(s) is not finite at s={float(grid[bad]):.6g}: {float(values[bad])}."
+                    f"{label}(t) is not finite at t={float(grid[bad]):.6g}: {float(values[bad])}."
                 )
         scale = a_grid + b_grid
         defined = scale.abs() > _SCALE_FLOOR
-        sigma = (b_grid / scale)[defined]
-        times = grid[defined]
+        sigma, times = (b_grid / scale)[defined], grid[defined]
         drops = (sigma[1:] - sigma[:-1] < -1e-9).nonzero()
         if len(drops):
             index = int(drops[0])
             raise ValueError(
-                f"sigma(s) = b / (a + b) decreases from {float(sigma[index]):.6g} at s={float(times[index]):.6g} "
-                f"to {float(sigma[index + 1]):.6g} at s={float(times[index + 1]):.6g}; the mapping onto "
-                "the straight path needs it non-decreasing on [0, 1] (noise growing with s)."
+                f"sigma(t) = b / (a + b) decreases from {float(sigma[index]):.6g} at t={float(times[index]):.6g} "
+                f"to {float(sigma[index + 1]):.6g} at t={float(times[index + 1]):.6g}; the mapping onto the "
+                "straight path needs it non-decreasing on [0, 1] (noise growing with t; wrap the path in "
+                "ReversedPath for time running the other way)."
             )
 
     @staticmethod
@@ -665,54 +739,109 @@ class AffinePath(FlowPath):
         """Elementwise derivative by autograd (the coefficient functions act elementwise)."""
         with torch.enable_grad():
             leaf = time.detach().clone().requires_grad_(True)
-            value = AffinePath._evaluate(function, leaf)
+            value = CustomPath._evaluate(function, leaf)
             if not value.requires_grad:  # a constant coefficient
                 return torch.zeros_like(time)
             (gradient,) = torch.autograd.grad(value.sum(), leaf)
         return gradient
 
     def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`FlowPath.coefficients`."""
+        """See :meth:`AffinePath.coefficients`."""
         return self._evaluate(self._a, time), self._evaluate(self._b, time)
 
     def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The given derivatives, else autograd; see :meth:`FlowPath.derivatives`."""
+        """The given derivatives, else autograd; see :meth:`AffinePath.derivatives`."""
         da = self._evaluate(self._da, time) if self._da is not None else self._differentiate(self._a, time)
         db = self._evaluate(self._db, time) if self._db is not None else self._differentiate(self._b, time)
         return da, db
 
 
-_PATHS: dict[str, type[FlowPath]] = {"linear": LinearPath, "cosine": CosinePath, "vp": VPPath}
+class ReversedPath(AffinePath):
+    """A path with time running the other way, from noise (``t = 0``) to data (``t = 1``): ``a(1 - t)``, ``b(1 - t)``.
+
+    SiT and facebookresearch/flow_matching write their paths so; SiT's linear path is
+    ``ReversedPath(LinearPath())`` (``x_t = t x0 + (1 - t) noise``, velocity ``x0 - noise``). The model's
+    velocity is the derivative in its own time, so the derivatives change sign.
+
+    Args:
+        path: The path in the package's direction (noise growing with time).
+    """
+
+    def __init__(self, path: AffinePath) -> None:
+        if isinstance(path, ReversedPath):
+            raise ValueError("ReversedPath(ReversedPath(path)) is path itself; use path.")
+        self.path = path
+        self.name = path.name
+        self.parameters = (*path.parameters, "reverse_time")
+        low, high = path.training_time_range
+        self.training_time_range = (1.0 - high, 1.0 - low)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The wrapped path's parameters and ``reverse_time=True``."""
+        return {**self.path.kwargs, "reverse_time": True}
+
+    def __repr__(self) -> str:
+        return f"ReversedPath({self.path!r})"
+
+    def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a(1 - t), b(1 - t))``; see :meth:`AffinePath.coefficients`."""
+        return self.path.coefficients(1.0 - time)
+
+    def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-a'(1 - t), -b'(1 - t))``; see :meth:`AffinePath.derivatives`."""
+        da, db = self.path.derivatives(1.0 - time)
+        return -da, -db
+
+    def sigma_from_time(self, time: float | torch.Tensor) -> torch.Tensor:
+        """See :meth:`AffinePath.sigma_from_time`."""
+        return self.path.sigma_from_time(1.0 - _as_time(time))
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """The wrapped path's range (reached at the other ends of time)."""
+        return self.path.sigma_range
+
+    def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
+        """``1 - t(sigma)`` of the wrapped path; see :meth:`AffinePath.time_from_sigma`."""
+        return 1.0 - self.path.time_from_sigma(sigma)
 
 
-def get_path(name: str, **kwargs: Any) -> FlowPath:
+STRAIGHT_PATH = LinearPath()
+"""The package's own path: ``x_sigma = (1 - sigma) x0 + sigma noise`` with ``t = sigma``."""
+
+_PATHS: dict[str, type[AffinePath]] = {"linear": LinearPath, "cosine": CosinePath, "vp": VPPath}
+
+
+def get_path(name: str, reverse_time: bool = False, **kwargs: Any) -> AffinePath:
     """Build a named path.
 
     Args:
         name: ``"linear"``, ``"cosine"`` or ``"vp"``.
+        reverse_time: Time running from noise (``t = 0``) to data (``t = 1``), see :class:`ReversedPath`.
         **kwargs: The path's parameters (``beta_min``, ``beta_max`` for ``"vp"``; none for the others).
 
     Returns:
         The path.
 
     Raises:
-        ValueError: For an unknown name (the message lists the known ones) or parameters the path does
-            not take.
+        ValueError: For an unknown name (the message lists the known ones) or parameters the path does not take.
     """
     if not isinstance(name, str) or name not in _PATHS:
         raise ValueError(f"Unknown path {name!r}; known paths: {', '.join(PATH_NAMES)}.")
     path_class = _PATHS[name]
-    allowed = path_class.parameters
-    unknown = sorted(set(kwargs) - set(allowed))
+    unknown = sorted(set(kwargs) - set(path_class.parameters))
     if unknown:
-        raise ValueError(
-            f"path {name!r} does not take {unknown}; allowed parameters: {', '.join(allowed) or 'none'}."
-        )
-    return path_class(**kwargs)
+        allowed = ", ".join((*path_class.parameters, "reverse_time"))
+        raise ValueError(f"path {name!r} does not take {unknown}; allowed parameters: {allowed}.")
+    if not isinstance(reverse_time, bool):
+        raise ValueError(f"reverse_time={reverse_time!r} must be True or False.")
+    path = path_class(**kwargs)
+    return ReversedPath(path) if reverse_time else path
 
 
-def path_from_config(config: Mapping[str, Any] | Any) -> FlowPath:
-    """The path a model was trained on, from its config (``path`` and ``path_kwargs``; linear if absent).
+def path_from_config(config: Mapping[str, Any] | Any) -> AffinePath:
+    """The path a model was trained on, from its config (``path`` and ``path_kwargs``; the straight path if absent).
 
     Args:
         config: A model config (a ``FrozenDict`` / mapping, or an object with attributes).
@@ -721,21 +850,10 @@ def path_from_config(config: Mapping[str, Any] | Any) -> FlowPath:
         The path.
 
     Raises:
-        ValueError: For an unknown path name or parameters, or a DDPM-convention model
-            (``time_convention="ddpm"``) that claims the linear path: DDPM models lie on the VP path.
+        ValueError: For an unknown path name or parameters.
     """
 
-    def read(key: str, default: Any) -> Any:
-        if isinstance(config, Mapping):
-            return config.get(key, default)
-        return getattr(config, key, default)
+    def read(key: str) -> Any:
+        return config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
 
-    name = read("path", None) or "linear"
-    path = get_path(name, **(read("path_kwargs", None) or {}))
-    if read("time_convention", "flow") == "ddpm" and name == "linear":
-        raise ValueError(
-            "The model has time_convention='ddpm' (a DDPM model, on the variance-preserving path) but "
-            "path='linear'; set path='vp' (with path_kwargs beta_min / beta_max of its beta schedule, "
-            "0.1 and 20 for DDPM's linear betas) in its config."
-        )
-    return path
+    return get_path(read("path") or "linear", **(read("path_kwargs") or {}))

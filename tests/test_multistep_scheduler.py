@@ -19,9 +19,9 @@ from flow_pipelines import (
     FlowMultistepScheduler,
     FlowPipeline,
     FlowSDEScheduler,
-    flow,
 )
 from flow_pipelines.analytic import GaussianFlow, sample_with_scheduler
+from flow_pipelines.paths import STRAIGHT_PATH
 from flow_pipelines.schedulers.scheduling_flow_common import LOGSNR_STRETCH
 from flow_pipelines.schedulers.scheduling_flow_multistep import multistep_weights
 
@@ -210,7 +210,7 @@ def test_step_outputs_and_dtype():
         tuple_out = twin.step(model(x_tuple, t), t, x_tuple, return_dict=False)
         assert torch.equal(dict_out.prev_sample, tuple_out[0])
         sigma = float(t) / 1000
-        expected_x0 = flow.from_velocity(output, x_dict, sigma, "sample")
+        expected_x0 = STRAIGHT_PATH.convert(output, x_dict, sigma, "velocity", "sample")
         assert torch.allclose(dict_out.pred_original_sample, expected_x0, atol=1e-6)
         x_dict, x_tuple = dict_out.prev_sample, tuple_out[0]
     low = FlowMultistepScheduler()

@@ -13,8 +13,9 @@ from diffusers import (
 )
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
 
-from flow_pipelines import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler, flow
+from flow_pipelines import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler
 from flow_pipelines.analytic import GaussianFlow, sample_with_scheduler
+from flow_pipelines.paths import STRAIGHT_PATH
 from flow_pipelines.schedulers import DIFFUSION_FORMS
 
 OURS = [FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler]
@@ -55,16 +56,16 @@ def test_conversions_round_trip_and_match_the_path():
     gen = torch.Generator().manual_seed(1)
     x0, eps = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
     sigma = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
-    x = flow.interpolate(x0, eps, sigma)
-    v = flow.velocity_target(x0, eps)
-    assert torch.allclose(flow.from_velocity(v, x, sigma, "sample"), x0, atol=1e-6)
-    assert torch.allclose(flow.from_velocity(v, x, sigma, "epsilon"), eps, atol=1e-6)
+    x = STRAIGHT_PATH.interpolate(x0, eps, sigma)
+    v = eps - x0
+    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "sample"), x0, atol=1e-6)
+    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "epsilon"), eps, atol=1e-6)
     for source, value in (("velocity", v), ("sample", x0), ("epsilon", eps)):
         for target, expected in (("velocity", v), ("sample", x0), ("epsilon", eps)):
-            converted = flow.convert_prediction(value, x, sigma, source, target)
+            converted = STRAIGHT_PATH.convert(value, x, sigma, source, target)
             assert torch.allclose(converted, expected, atol=1e-5), (source, target)
     # The score of the conditional path N((1 - sigma) x0, sigma^2) at x is -eps / sigma.
-    assert torch.allclose(flow.score_from_velocity(v, x, sigma), -eps / sigma[:, None], atol=1e-5)
+    assert torch.allclose(STRAIGHT_PATH.score(v, x, sigma, "velocity"), -eps / sigma[:, None], atol=1e-5)
 
 
 def test_gaussian_flow_velocity_is_the_derivative_of_its_transport():
@@ -194,7 +195,7 @@ def test_scheduler_mixin_surface(cls):
     x0, eps = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
     assert scheduler.scale_model_input(x0, 500.0) is x0
     timesteps = torch.tensor([100.0, 500.0, 900.0])
-    expected = flow.interpolate(x0, eps, timesteps / 1000)
+    expected = STRAIGHT_PATH.interpolate(x0, eps, timesteps / 1000)
     assert torch.allclose(scheduler.add_noise(x0, eps, timesteps), expected)
     assert torch.allclose(scheduler.scale_noise(x0, timesteps, eps), expected)
     assert torch.allclose(scheduler.scale_noise(x0, 250.0, eps), 0.75 * x0 + 0.25 * eps)

@@ -9,12 +9,11 @@ import pytest
 import torch
 from scipy import optimize, stats
 
-from flow_pipelines import flow
+from flow_pipelines.paths import PREDICTION_TYPES, STRAIGHT_PATH
 from flow_pipelines.training.objectives import (
     FlowMatchingObjective,
     drop_labels,
     loss_weights,
-    regression_target,
     sample_sigmas,
 )
 
@@ -114,27 +113,30 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x0, noise, sigmas
 
 
-def test_regression_targets_are_the_exact_path_quantities() -> None:
+def test_straight_path_targets_are_the_exact_path_quantities() -> None:
     x0, noise, sigmas = _batch()
-    assert torch.equal(regression_target(x0, noise, "velocity"), noise - x0)
-    assert torch.equal(regression_target(x0, noise, "sample"), x0)
-    assert torch.equal(regression_target(x0, noise, "epsilon"), noise)
+    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), noise - x0)
+    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "sample"), x0)
+    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "epsilon"), noise)
     # The velocity is the derivative of the path in sigma.
     step = 1e-6
-    derivative = (flow.interpolate(x0, noise, sigmas + step) - flow.interpolate(x0, noise, sigmas - step)) / (
-        2 * step
+    derivative = (
+        STRAIGHT_PATH.interpolate(x0, noise, sigmas + step)
+        - STRAIGHT_PATH.interpolate(x0, noise, sigmas - step)
+    ) / (2 * step)
+    torch.testing.assert_close(
+        derivative, STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), atol=1e-8, rtol=0
     )
-    torch.testing.assert_close(derivative, regression_target(x0, noise, "velocity"), atol=1e-8, rtol=0)
 
 
-@pytest.mark.parametrize("prediction_type", flow.PREDICTION_TYPES)
-@pytest.mark.parametrize("loss_target", flow.PREDICTION_TYPES)
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("loss_target", PREDICTION_TYPES)
 def test_a_perfect_prediction_of_any_type_has_zero_loss_for_any_target(
     prediction_type: str, loss_target: str
 ) -> None:
     x0, noise, sigmas = _batch(1)
     objective = FlowMatchingObjective(prediction_type=prediction_type, loss_target=loss_target)
-    perfect = regression_target(x0, noise, prediction_type)
+    perfect = STRAIGHT_PATH.target(x0, noise, sigmas, prediction_type)
     loss = objective.loss(perfect, x0, noise, sigmas)
     assert float(loss) < 1e-10
     # ... and an imperfect one does not.

@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers.configuration_utils import FrozenDict
 from PIL import Image
 
 from flow_pipelines import FlowPipeline
 from flow_pipelines.analytic import GaussianFlow
-from flow_pipelines.evaluation.likelihood import ModelVelocity, log_likelihood
+from flow_pipelines.evaluation.likelihood import log_likelihood
+from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.paths import get_path
-from flow_pipelines.training.objectives import MIN_PATH_TIME, FlowMatchingObjective
+from flow_pipelines.training.objectives import FlowMatchingObjective
 
 from .training_support import SCRIPT, TINY, load_training_script, offline_training_env, run  # noqa: F401
 
@@ -61,11 +63,12 @@ def test_exact_path_targets_have_zero_loss_and_the_path_time_has_our_noise_level
     )
     noisy, timesteps, noise, sigmas = objective.training_inputs(x0, torch.Generator().manual_seed(1))
     times = objective.path_times(sigmas)
-    assert float(times.min()) >= MIN_PATH_TIME and torch.allclose(timesteps, times * 1000)
+    floor = path.training_time_range[0]
+    assert float(times.min()) >= floor and torch.allclose(timesteps, times * 1000)
     # The model input is the path point, i.e. our x_sigma scaled by a + b wherever sigma lies in the path's range.
     a, b = path.coefficients(times.double())
     assert torch.allclose(noisy, a.view(-1, 1, 1, 1) * x0 + b.view(-1, 1, 1, 1) * noise)
-    inside = (sigmas < path.sigma_range[1]) & (times > MIN_PATH_TIME)
+    inside = (sigmas < path.sigma_range[1]) & (times > floor)
     assert torch.allclose(path.sigma_from_time(times)[inside], sigmas[inside].double(), atol=1e-6)
     exact = path.target(x0, noise, times, prediction_type)
     assert torch.isfinite(exact).all()
@@ -169,12 +172,13 @@ class GaussianPathModel(torch.nn.Module):
         self.mean = torch.tensor([0.5, -0.5, 0.1, 0.9], dtype=torch.float64).view(1, 1, 2, 2)
         self.std = 0.3
         self.path = get_path(path_name)
-        self.config = {
-            "prediction_type": prediction_type,
-            "num_train_timesteps": num_train_timesteps,
-            "num_classes": 10,
-            "path": path_name,
-        }
+        self.config = FrozenDict(
+            prediction_type=prediction_type,
+            num_train_timesteps=num_train_timesteps,
+            num_classes=10,
+            in_channels=1,
+            path=path_name,
+        )
 
     def forward(self, hidden_states, timestep, class_labels=None, return_dict=True):
         time = timestep.double() / self.config["num_train_timesteps"]
@@ -195,8 +199,8 @@ def test_likelihood_of_the_exact_gaussian_model_is_the_same_on_the_cosine_and_li
     x = flow.sample_marginal((40, 1, 2, 2), 0.0, generator=torch.Generator().manual_seed(6))
     sigma_max = 0.9999 if prediction_type == "epsilon" else 1.0
     options = {"num_steps": 24, "divergence": "exact", "sigma_max": sigma_max}
-    cosine = log_likelihood(ModelVelocity(GaussianPathModel("cosine", prediction_type)), x, **options)
-    linear = log_likelihood(ModelVelocity(GaussianPathModel("linear", prediction_type)), x, **options)
+    cosine = log_likelihood(GuidedVelocity(GaussianPathModel("cosine", prediction_type)), x, **options)
+    linear = log_likelihood(GuidedVelocity(GaussianPathModel("linear", prediction_type)), x, **options)
     dims = x[0].numel()
     assert (cosine.log_prob - linear.log_prob).abs().max().item() / dims < 1e-3
     assert (cosine.log_prob - flow.log_prob(x)).abs().max().item() / dims < 1e-3
@@ -204,10 +208,10 @@ def test_likelihood_of_the_exact_gaussian_model_is_the_same_on_the_cosine_and_li
     sigma = torch.linspace(0.05, 0.95, len(x), dtype=torch.float64)
     points = flow.sample_marginal((len(x), 1, 2, 2), 0.5, generator=torch.Generator().manual_seed(7))
     model = GaussianPathModel("cosine", prediction_type)
-    mapped = ModelVelocity(model)(points, sigma)
+    mapped = GuidedVelocity(model)(points, sigma)
     assert torch.allclose(mapped, flow.velocity(points, sigma), atol=1e-6)
-    model.config["path"] = "linear"
-    assert (ModelVelocity(model)(points, sigma) - flow.velocity(points, sigma)).abs().max() > 0.1
+    model.config = FrozenDict({**model.config, "path": "linear"})
+    assert (GuidedVelocity(model)(points, sigma) - flow.velocity(points, sigma)).abs().max() > 0.1
 
 
 def test_eval_steps_log_fd_dinov2_with_a_local_extractor_folder(train_flow, tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
 """Flow-matching schedulers that plug into diffusers."""
 
+from .registry import SCHEDULERS, make_scheduler
 from .scheduling_flow_common import FlowSchedulerBase, FlowSchedulerOutput
 from .scheduling_flow_euler import FlowEulerScheduler
 from .scheduling_flow_heun import FlowHeunScheduler
 from .scheduling_flow_multistep import FlowMultistepScheduler
 from .scheduling_flow_sde import DIFFUSION_FORMS, FlowSDEScheduler, diffusion_coefficient
-from .registry import SCHEDULERS, make_scheduler
 
 __all__ = [
     "DIFFUSION_FORMS",

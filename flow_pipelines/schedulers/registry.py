@@ -38,14 +38,18 @@ def shift_of(config: dict[str, Any]) -> float:
     return float(config.get("shift", config.get("flow_shift", 1.0)))
 
 
-def _from_config(scheduler_class: type[SchedulerMixin], config: dict[str, Any], **overrides: Any) -> SchedulerMixin:
+def _from_config(
+    scheduler_class: type[SchedulerMixin], config: dict[str, Any], **overrides: Any
+) -> SchedulerMixin:
     """``from_config`` with only the keys the class takes, so that no foreign key draws a warning."""
     accepted = inspect.signature(scheduler_class.__init__).parameters
     kept = {key: value for key, value in config.items() if key in accepted and key != "prediction_type"}
     return scheduler_class.from_config({**kept, **overrides})
 
 
-def _shifted(scheduler_class: type[SchedulerMixin], **settings: Any) -> Callable[[dict[str, Any]], SchedulerMixin]:
+def _shifted(
+    scheduler_class: type[SchedulerMixin], **settings: Any
+) -> Callable[[dict[str, Any]], SchedulerMixin]:
     def build(config: dict[str, Any]) -> SchedulerMixin:
         return _from_config(scheduler_class, config, shift=shift_of(config), **settings)
 

@@ -15,7 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from .. import flow
+from ..paths import STRAIGHT_PATH, check_prediction_type, shift_sigmas
 
 SIGMA_SCHEDULES: tuple[str, ...] = ("uniform", "karras", "logsnr")
 # How much the "logsnr" schedule stretches the log-SNR of the uniform grid: chosen from the endpoint error of
@@ -106,7 +106,7 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
         rho: float = 7.0,
         use_dynamic_shifting: bool = False,
     ) -> None:
-        flow.check_prediction_type(prediction_type)
+        check_prediction_type(prediction_type)
         if sigma_schedule not in SIGMA_SCHEDULES:
             raise ValueError(
                 f"sigma_schedule={sigma_schedule!r} is not supported; allowed: {', '.join(SIGMA_SCHEDULES)}."
@@ -118,7 +118,7 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
         self._reset_state()
         # Before set_timesteps: the training grid, as diffusers' schedulers expose it.
         grid = torch.linspace(1.0, 0.0, num_train_timesteps + 1, dtype=torch.float64)
-        self.sigmas = flow.shift_sigmas(grid, self._shift).float()
+        self.sigmas = shift_sigmas(grid, self._shift).float()
         self.timesteps = self.sigmas[:-1] * num_train_timesteps
         self.num_inference_steps: int | None = None
 
@@ -209,7 +209,7 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
             shift = math.exp(mu)
         else:
             shift = self._shift
-        return flow.shift_sigmas(grid, shift)
+        return shift_sigmas(grid, shift)
 
     def _default_grid(self, num_inference_steps: int) -> torch.Tensor:
         """The unshifted grid of ``num_inference_steps`` steps from 1 to 0 (float64), per ``sigma_schedule``."""
@@ -273,7 +273,7 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
 
     def _sigma_of(self, timesteps: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         timesteps = torch.as_tensor(timesteps, device=like.device, dtype=torch.float32)
-        return flow.timestep_to_sigma(timesteps, self.config.num_train_timesteps)
+        return timesteps / self.config.num_train_timesteps
 
     def scale_noise(
         self, sample: torch.Tensor, timestep: float | torch.Tensor, noise: torch.Tensor
@@ -290,7 +290,7 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
         """
         sigma = self._sigma_of(timestep, sample).flatten()
         sigma = sigma.reshape(()) if sigma.numel() == 1 else sigma
-        return flow.interpolate(sample, noise, sigma.to(sample.dtype))
+        return STRAIGHT_PATH.interpolate(sample, noise, sigma.to(sample.dtype))
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: float | torch.Tensor
@@ -392,10 +392,13 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
             )
 
         sigma = float(self.sigmas[self._step_index])
+        sigma_next = float(self.sigmas[self._step_index + 1])
         sample32 = sample.float()
-        velocity = flow.to_velocity(model_output.float(), sample32, sigma, self.config.prediction_type)
-        pred_original = flow.from_velocity(velocity, sample32, sigma, "sample")
-        prev_sample = self._step(velocity, sample32, pred_original, generator)
+        velocity = STRAIGHT_PATH.convert(
+            model_output.float(), sample32, sigma, self.config.prediction_type, "velocity"
+        )
+        pred_original = STRAIGHT_PATH.convert(velocity, sample32, sigma, "velocity", "sample")
+        prev_sample = self._step(velocity, sample32, sigma, sigma_next, generator)
         self._step_index += 1
 
         prev_sample = prev_sample.to(sample.dtype)
@@ -408,8 +411,12 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
         self,
         velocity: torch.Tensor,
         sample: torch.Tensor,
-        pred_original: torch.Tensor,
+        sigma: float,
+        sigma_next: float,
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
-        """One update at ``self.sigmas[self.step_index]``, in float32. Implemented by each scheduler."""
+        """One update of ``sample`` from ``sigma`` to ``sigma_next`` given the velocity there, in float32.
+
+        Implemented by each scheduler; ``self.step_index`` is the position of ``sigma`` in `sigmas`.
+        """
         raise NotImplementedError

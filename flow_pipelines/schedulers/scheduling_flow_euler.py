@@ -21,9 +21,8 @@ class FlowEulerScheduler(FlowSchedulerBase):
         self,
         velocity: torch.Tensor,
         sample: torch.Tensor,
-        pred_original: torch.Tensor,
+        sigma: float,
+        sigma_next: float,
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
-        sigma = float(self.sigmas[self._step_index])
-        sigma_next = float(self.sigmas[self._step_index + 1])
         return sample + (sigma_next - sigma) * velocity

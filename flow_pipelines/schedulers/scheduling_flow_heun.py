@@ -52,7 +52,8 @@ class FlowHeunScheduler(FlowSchedulerBase):
         self,
         velocity: torch.Tensor,
         sample: torch.Tensor,
-        pred_original: torch.Tensor,
+        sigma: float,
+        sigma_next: float,
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
         if self._predictor is not None:
@@ -60,8 +61,6 @@ class FlowHeunScheduler(FlowSchedulerBase):
             self._predictor = None
             return start_sample + step_size * 0.5 * (start_velocity + velocity)
 
-        sigma = float(self.sigmas[self._step_index])
-        sigma_next = float(self.sigmas[self._step_index + 1])
         step_size = sigma_next - sigma
         if sigma_next > 0.0:
             self._predictor = (sample, velocity, step_size)

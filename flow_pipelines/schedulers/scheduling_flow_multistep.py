@@ -186,12 +186,11 @@ class FlowMultistepScheduler(FlowSchedulerBase):
         self,
         velocity: torch.Tensor,
         sample: torch.Tensor,
-        pred_original: torch.Tensor,
+        sigma: float,
+        sigma_next: float,
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
         index = self._step_index
-        sigma = float(self.sigmas[index])
-        sigma_next = float(self.sigmas[index + 1])
         c2 = self.config.sigma_data**2
         # F = D - c^2 (alpha / sigma) eps, written with the velocity to avoid cancellation: the model is never
         # called at sigma = 0, so the division is safe.

@@ -8,7 +8,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
-from .. import flow
+from ..paths import STRAIGHT_PATH
 from .scheduling_flow_common import FlowSchedulerBase
 
 DIFFUSION_FORMS: tuple[str, ...] = ("constant", "sigma", "decreasing", "increasing-decreasing")
@@ -95,16 +95,15 @@ class FlowSDEScheduler(FlowSchedulerBase):
         self,
         velocity: torch.Tensor,
         sample: torch.Tensor,
-        pred_original: torch.Tensor,
+        sigma: float,
+        sigma_next: float,
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
-        sigma = float(self.sigmas[self._step_index])
-        sigma_next = float(self.sigmas[self._step_index + 1])
         if sigma_next == 0.0:
-            return pred_original
+            return STRAIGHT_PATH.convert(velocity, sample, sigma, "velocity", "sample")
         step_size = sigma_next - sigma  # negative: sampling runs towards the data
         diffusion = diffusion_coefficient(self.config.diffusion_form, sigma, self.config.diffusion_norm)
-        score = flow.score_from_velocity(velocity, sample, sigma)
+        score = STRAIGHT_PATH.score(velocity, sample, sigma, "velocity")
         drift = velocity - 0.5 * diffusion * score
         noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
         return sample + step_size * drift + math.sqrt(diffusion * -step_size) * noise

@@ -17,7 +17,6 @@ from .objectives import (
     FlowMatchingObjective,
     drop_labels,
     loss_weights,
-    regression_target,
     sample_sigmas,
 )
 
@@ -35,7 +34,6 @@ __all__ = [
     "load_image_dataset",
     "loss_weights",
     "prepare_training_data",
-    "regression_target",
     "resolve_columns",
     "resolve_resume_checkpoint",
     "sample_sigmas",

@@ -1,27 +1,17 @@
 """The flow-matching training objective: noise levels to train at, targets, loss weights, label dropout.
 
-The path is the package's (see :mod:`flow_pipelines.flow`)::
-
-    x_sigma = (1 - sigma) * x0 + sigma * noise,   model(x_sigma, sigma * num_train_timesteps, y)
-
-The model outputs ``prediction_type`` (velocity ``noise - x0``, sample ``x0`` or epsilon ``noise``) and
-the loss compares it with the ``loss_target`` type after converting the output through
-:func:`flow_pipelines.flow.convert_prediction`; the two are chosen independently. The regression target
-for each type is known exactly from ``(x0, noise)``.
-
-Other affine paths (:mod:`flow_pipelines.paths`: ``"cosine"``, ``"vp"``) train the same way in the path's
-own terms: the noise level ``sigma`` is drawn from the same density over *our* noise levels and moved to
-the path time ``s = path.time_from_sigma(sigma)`` (the same signal-to-noise ratio), floored at
-``MIN_PATH_TIME`` because the VP velocity target is infinite at ``s = 0``; the model sees
-``path.interpolate(x0, noise, s)`` at ``s * num_train_timesteps`` and its output is compared, through
-``path.convert_prediction``, with ``path.target``. Loss weights stay functions of our ``sigma``.
-
-Noise levels are drawn from one of three densities (SD3, Esser et al. 2024), then optionally shifted by
-:func:`flow_pipelines.flow.shift_sigmas`:
+Noise levels ``sigma`` are drawn on the straight path (:mod:`flow_pipelines.paths`) from one of three densities
+(SD3, Esser et al. 2024), then optionally shifted by :func:`flow_pipelines.paths.shift_sigmas`:
 
 - ``uniform``: ``sigma ~ U(0, 1)``;
 - ``logit_normal``: ``sigma = sigmoid(n)``, ``n ~ N(logit_mean, logit_std**2)``;
 - ``mode``: ``sigma = 1 - u - mode_scale * (cos(pi u / 2)**2 - 1 + u)``, ``u ~ U(0, 1)``.
+
+The model is trained on its path, in the path's own terms: ``sigma`` moves to the path time of the same
+signal-to-noise ratio, ``t = path.time_from_sigma(sigma)`` (``t = sigma`` on the straight path), clamped to the
+path's ``training_time_range``; the model sees ``path.interpolate(x0, noise, t)`` at ``t * num_train_timesteps``,
+its output of ``prediction_type`` is converted to the ``loss_target`` type (:meth:`AffinePath.convert`) and
+compared with ``path.target``. The two types are chosen independently; loss weights are functions of ``sigma``.
 """
 
 from __future__ import annotations
@@ -31,18 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import flow
-from ..paths import FlowPath, LinearPath
+from ..paths import PREDICTION_TYPES, STRAIGHT_PATH, AffinePath, check_prediction_type, shift_sigmas
 
 TIME_SAMPLING_SCHEMES: tuple[str, ...] = ("uniform", "logit_normal", "mode")
 LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "sigma_sqrt", "cosmap")
 
 # The mode density is a monotone map of u only for scales in this range (its derivative stays < 0).
 _MODE_SCALE_RANGE: tuple[float, float] = (-1.0, 2.0 / (math.pi - 2.0))
-
-MIN_PATH_TIME = 1e-5
-"""Smallest path time trained at on a non-linear path: the VP path's ``b'(s) ~ 1 / sqrt(s)`` (its velocity
-target) is infinite at ``s = 0``."""
 
 
 def check_time_sampling(
@@ -93,7 +78,7 @@ def sample_sigmas(
         logit_mean: Mean of the logit-normal density's underlying normal.
         logit_std: Its standard deviation.
         mode_scale: Scale of the mode density (0 gives the uniform density).
-        shift: Applied afterwards with :func:`flow_pipelines.flow.shift_sigmas`; > 1 favours high noise.
+        shift: Applied afterwards with :func:`flow_pipelines.paths.shift_sigmas`; > 1 favours high noise.
         generator: Random source (on ``device``), for reproducible draws.
         device: Where to create the tensor (the generator's device if None).
 
@@ -117,7 +102,7 @@ def sample_sigmas(
             sigmas = sigmas.clamp(0.0, 1.0)
         else:
             sigmas = uniform
-    return flow.shift_sigmas(sigmas, shift)
+    return shift_sigmas(sigmas, shift)
 
 
 def loss_weights(sigmas: torch.Tensor, weighting: str = "none") -> torch.Tensor:
@@ -141,26 +126,6 @@ def loss_weights(sigmas: torch.Tensor, weighting: str = "none") -> torch.Tensor:
     if weighting == "cosmap":
         return 2.0 / (math.pi * (1.0 - 2.0 * sigmas + 2.0 * sigmas**2))
     raise ValueError(f"loss weighting {weighting!r} is not supported; allowed: {', '.join(LOSS_WEIGHTINGS)}.")
-
-
-def regression_target(x0: torch.Tensor, noise: torch.Tensor, target_type: str) -> torch.Tensor:
-    """The exact regression target of one prediction type for a pair ``(x0, noise)``.
-
-    Args:
-        x0: Clean samples.
-        noise: The noise paired with them.
-        target_type: ``"velocity"`` (``noise - x0``), ``"sample"`` (``x0``) or ``"epsilon"`` (``noise``).
-
-    Returns:
-        The target, shaped like ``x0``.
-
-    Raises:
-        ValueError: For an unknown type.
-    """
-    flow.check_prediction_type(target_type)
-    if target_type == "velocity":
-        return flow.velocity_target(x0, noise)
-    return x0 if target_type == "sample" else noise
 
 
 def drop_labels(
@@ -193,7 +158,7 @@ def drop_labels(
 
 @dataclass
 class FlowMatchingObjective:
-    """Flow-matching loss with independent model-output and loss-target types.
+    """Flow-matching loss on a path, with independent model-output and loss-target types.
 
     Args:
         prediction_type: What the model outputs: ``"velocity"``, ``"sample"`` or ``"epsilon"``.
@@ -204,10 +169,8 @@ class FlowMatchingObjective:
         mode_scale: Mode-density scale.
         shift: Sigma shift applied to the drawn noise levels.
         loss_weighting: ``"none"``, ``"sigma_sqrt"`` or ``"cosmap"``.
-        num_train_timesteps: The model's time scale: it is called with ``sigma * num_train_timesteps``
-            (``s * num_train_timesteps`` on another path).
-        path: The path trained on (:func:`flow_pipelines.paths.get_path`); None is our straight path,
-            computed exactly as without a path.
+        num_train_timesteps: The model's time scale: it is called with ``t * num_train_timesteps``.
+        path: The path trained on (:func:`flow_pipelines.paths.get_path`); the straight path by default.
 
     Raises:
         ValueError: For any unknown name or invalid parameter, at construction.
@@ -222,17 +185,17 @@ class FlowMatchingObjective:
     shift: float = 1.0
     loss_weighting: str = "none"
     num_train_timesteps: int = 1000
-    path: FlowPath | None = None
+    path: AffinePath = STRAIGHT_PATH
 
     def __post_init__(self) -> None:
-        if self.path is not None and not isinstance(self.path, FlowPath):
-            raise ValueError(f"path={self.path!r} must be a flow_pipelines.paths.FlowPath or None.")
-        flow.check_prediction_type(self.prediction_type)
+        if not isinstance(self.path, AffinePath):
+            raise ValueError(f"path={self.path!r} must be a flow_pipelines.paths.AffinePath.")
+        check_prediction_type(self.prediction_type)
         try:
-            flow.check_prediction_type(self.loss_target)
+            check_prediction_type(self.loss_target)
         except ValueError:
             raise ValueError(
-                f"loss_target={self.loss_target!r} is not supported; allowed: {', '.join(flow.PREDICTION_TYPES)}."
+                f"loss_target={self.loss_target!r} is not supported; allowed: {', '.join(PREDICTION_TYPES)}."
             ) from None
         check_time_sampling(self.time_sampling, self.logit_std, self.mode_scale, self.shift)
         if self.loss_weighting not in LOSS_WEIGHTINGS:
@@ -267,25 +230,36 @@ class FlowMatchingObjective:
             device=device,
         )
 
-    @property
-    def on_straight_path(self) -> bool:
-        """Whether training is on our straight path (no path, or the linear one)."""
-        return self.path is None or isinstance(self.path, LinearPath)
-
     def path_times(self, sigmas: torch.Tensor) -> torch.Tensor:
-        """The path times ``s`` of our noise levels: ``sigmas`` itself on the straight path, else
-        ``path.time_from_sigma`` floored at :data:`MIN_PATH_TIME`.
+        """The path times of our noise levels, clamped to the path's ``training_time_range``.
 
         Args:
             sigmas: Our noise levels ``(batch,)``.
 
         Returns:
-            Path times ``(batch,)`` in ``sigmas``' dtype and device.
+            Path times ``(batch,)`` in ``sigmas``' dtype and device (``sigmas`` itself on the straight path).
         """
-        if self.on_straight_path:
-            return sigmas
-        times = self.path.time_from_sigma(sigmas).clamp(MIN_PATH_TIME, 1.0)
+        times = self.path.time_from_sigma(sigmas).clamp(*self.path.training_time_range)
         return times.to(device=sigmas.device, dtype=sigmas.dtype)
+
+    def training_inputs(
+        self, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw noise and noise levels for a clean batch and build the model input.
+
+        Args:
+            x0: Clean samples ``(batch, ...)``.
+            generator: Random source on ``x0``'s device.
+
+        Returns:
+            ``(noisy, timesteps, noise, sigmas)``: the model input (the path's point), the model's time input
+            ``t * num_train_timesteps`` (float32), the noise and our noise levels.
+        """
+        sigmas = self.sample_sigmas(x0.shape[0], generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        times = self.path_times(sigmas)
+        noisy = self.path.interpolate(x0, noise, times)
+        return noisy, times * self.num_train_timesteps, noise, sigmas
 
     def loss(
         self,
@@ -298,57 +272,23 @@ class FlowMatchingObjective:
         """Weighted mean squared error between the converted model output and the exact target.
 
         Args:
-            model_output: The model's output at ``(noisy, sigmas)``, of type ``prediction_type``.
+            model_output: The model's output at ``(noisy, t(sigmas))``, of type ``prediction_type``.
             x0: Clean samples.
             noise: The noise used to build ``noisy``.
-            sigmas: Our noise levels ``(batch,)`` (also on another path: its times are derived from them).
-            noisy: The model input (``interpolate(x0, noise, sigmas)``, or the path's point at
-                ``path_times(sigmas)``), recomputed if not given.
+            sigmas: Our noise levels ``(batch,)``.
+            noisy: The model input (the path's point at ``path_times(sigmas)``), recomputed if not given.
 
         Returns:
-            A scalar loss (float32): per-sample mean over all non-batch dimensions, weighted, then
-            averaged over the batch.
+            A scalar loss (float32): per-sample mean over all non-batch dimensions, weighted, then averaged
+            over the batch.
         """
-        if not self.on_straight_path:
-            times = self.path_times(sigmas.float())
-            if noisy is None:
-                noisy = self.path.interpolate(x0, noise, times)
-            prediction = self.path.convert_prediction(
-                model_output.float(), noisy.float(), times, self.prediction_type, self.loss_target
-            )
-            target = self.path.target(x0.float(), noise.float(), times, self.loss_target)
-        else:
-            if noisy is None:
-                noisy = flow.interpolate(x0, noise, sigmas)
-            prediction = flow.convert_prediction(
-                model_output.float(), noisy.float(), sigmas.float(), self.prediction_type, self.loss_target
-            )
-            target = regression_target(x0.float(), noise.float(), self.loss_target)
+        times = self.path_times(sigmas.float())
+        if noisy is None:
+            noisy = self.path.interpolate(x0, noise, times)
+        prediction = self.path.convert(
+            model_output.float(), noisy.float(), times, self.prediction_type, self.loss_target
+        )
+        target = self.path.target(x0.float(), noise.float(), times, self.loss_target)
         per_sample = (prediction - target).pow(2).flatten(1).mean(dim=1)
         weights = loss_weights(sigmas.float(), self.loss_weighting)
         return (weights * per_sample).mean()
-
-    def training_inputs(
-        self, x0: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Draw noise and noise levels for a clean batch and build the model input.
-
-        Args:
-            x0: Clean samples ``(batch, ...)``.
-            generator: Random source on ``x0``'s device.
-
-        Returns:
-            ``(noisy, timesteps, noise, sigmas)``: the model input ``x_sigma`` (the path's point on another
-            path), the model's time input ``sigma * num_train_timesteps`` (``s * num_train_timesteps``;
-            float32), the noise and our noise levels.
-        """
-        sigmas = self.sample_sigmas(x0.shape[0], generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if not self.on_straight_path:
-            times = self.path_times(sigmas)
-            noisy = self.path.interpolate(x0, noise, times)
-            timesteps = flow.sigma_to_timestep(times, self.num_train_timesteps)
-            return noisy, timesteps, noise, sigmas
-        noisy = flow.interpolate(x0, noise, sigmas.to(x0.dtype))
-        timesteps = flow.sigma_to_timestep(sigmas, self.num_train_timesteps)
-        return noisy, timesteps, noise, sigmas
