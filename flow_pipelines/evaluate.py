@@ -56,7 +56,8 @@ from .evaluation.frechet import (
     file_fingerprint,
     quantize_images,
 )
-from .evaluation.likelihood import DIVERGENCES, METHODS, ModelVelocity, image_bits_per_dim
+from .evaluation.likelihood import DIVERGENCES, METHODS, image_bits_per_dim
+from .guidance import GuidedVelocity
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
 METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digits_accuracy", "bpd")
@@ -586,7 +587,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         WeightsUnavailableError: If a feature extractor's weights cannot be fetched.
     """
     from .pipelines import FlowPipeline
-    from .sample import DTYPES, make_scheduler
+    from .sample import DTYPES
+    from .schedulers import make_scheduler
 
     args = build_parser().parse_args(argv)
     metrics = check_metrics(args.metrics)
@@ -609,8 +611,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     pipeline = FlowPipeline.from_pretrained(str(args.model), dtype=DTYPES[args.dtype]).to(device)
     pipeline.set_progress_bar_config(disable=True)
-    prediction_type = getattr(pipeline.transformer.config, "prediction_type", None) or "velocity"
-    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config, prediction_type)
+    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
     geometry = _output_geometry(pipeline)
     if "digits_accuracy" in metrics and pipeline.null_class_id != 10:
         raise ValueError(
@@ -715,7 +716,7 @@ def _bpd_record(
             raise ValueError("--bpd-conditional needs reference labels; the reference has none.")
         class_labels = torch.from_numpy(labels).long()
     guidance = args.guidance if args.bpd_conditional else 1.0
-    velocity = ModelVelocity(pipeline.transformer, class_labels=class_labels, guidance_scale=guidance)
+    velocity = GuidedVelocity(pipeline.transformer, class_labels=class_labels, guidance_scale=guidance)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     result = image_bits_per_dim(
         velocity,

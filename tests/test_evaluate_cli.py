@@ -14,7 +14,8 @@ from flow_pipelines import FlowPipeline
 from flow_pipelines.evaluate import cli, iter_reference, main, open_reference, reference_indices
 from flow_pipelines.evaluation.digits import DigitClassifier
 from flow_pipelines.evaluation.frechet import DinoV2FeatureExtractor, WeightsUnavailableError, quantize_images
-from flow_pipelines.evaluation.likelihood import ModelVelocity, image_bits_per_dim
+from flow_pipelines.evaluation.likelihood import image_bits_per_dim
+from flow_pipelines.guidance import GuidedVelocity
 
 from .test_frechet import scipy_frechet
 
@@ -130,7 +131,7 @@ def test_evaluate_end_to_end_matches_direct_computations(tmp_path, saved_pipelin
 
     # Bits per dimension: the same computation called directly on the first reference images.
     direct = image_bits_per_dim(
-        ModelVelocity(pipeline.transformer),
+        GuidedVelocity(pipeline.transformer),
         digits_pixels()[reference_indices(1797, 6)],  # a fixed random subset of the whole reference
         generator=torch.Generator().manual_seed(5),
         show_progress=False,
@@ -170,7 +171,7 @@ def test_conditional_guided_bpd_uses_the_reference_labels(tmp_path, saved_pipeli
     assert not (tmp_path / "out" / "samples.npz").exists()  # likelihood alone draws no samples
 
     chosen = reference_indices(1797, 4)
-    velocity = ModelVelocity(
+    velocity = GuidedVelocity(
         FlowPipeline.from_pretrained(model).transformer,
         class_labels=torch.from_numpy(load_digits().target[chosen]),
         guidance_scale=2.0,
@@ -185,7 +186,7 @@ def test_conditional_guided_bpd_uses_the_reference_labels(tmp_path, saved_pipeli
     )
     assert record["value"] == pytest.approx(direct.bits_per_dim, rel=1e-9)
     unconditional = image_bits_per_dim(
-        ModelVelocity(velocity.model),
+        GuidedVelocity(velocity.transformer),
         digits_pixels()[chosen],
         generator=torch.Generator().manual_seed(3),
         show_progress=False,

@@ -7,17 +7,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusers.configuration_utils import FrozenDict
 
 from flow_pipelines import DiTModel
 from flow_pipelines.analytic import GaussianFlow
 from flow_pipelines.evaluation.likelihood import (
-    ModelVelocity,
     bits_per_dim,
     image_bits_per_dim,
     likelihood_sigmas,
     log_likelihood,
     velocity_divergence,
 )
+from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.training.data import dequantize, pixels_to_model_range
 
 MEAN = torch.tensor([1.5, -2.0, 0.3, 0.0, 0.7])
@@ -153,11 +154,12 @@ class GaussianDenoiser(torch.nn.Module):
     def __init__(self, prediction_type: str, num_train_timesteps: int = 1000) -> None:
         super().__init__()
         self.flow = GaussianFlow(torch.tensor([0.5, -0.5, 0.1, 0.9]).view(1, 2, 2), torch.tensor(0.3))
-        self.config = {
-            "prediction_type": prediction_type,
-            "num_train_timesteps": num_train_timesteps,
-            "num_classes": 10,
-        }
+        self.config = FrozenDict(
+            prediction_type=prediction_type,
+            num_train_timesteps=num_train_timesteps,
+            num_classes=10,
+            in_channels=1,
+        )
 
     def forward(self, hidden_states, timestep, class_labels=None, return_dict=True):
         sigma = timestep / self.config["num_train_timesteps"]
@@ -169,7 +171,7 @@ def test_model_outputs_of_every_prediction_type_give_the_closed_form(prediction_
     model = GaussianDenoiser(prediction_type, num_train_timesteps=500)
     x = model.flow.sample_marginal((40, 1, 2, 2), 0.0, generator=torch.Generator().manual_seed(6))
     sigma_max = 0.9999 if prediction_type == "epsilon" else 1.0
-    result = log_likelihood(ModelVelocity(model), x, num_steps=24, divergence="exact", sigma_max=sigma_max)
+    result = log_likelihood(GuidedVelocity(model), x, num_steps=24, divergence="exact", sigma_max=sigma_max)
     assert (result.log_prob - model.flow.log_prob(x)).abs().max().item() / 4 < 1e-3
 
 
@@ -197,12 +199,12 @@ def test_exact_divergence_of_a_dit_matches_finite_differences():
     labels = torch.tensor([0, 2])
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     sigma = torch.tensor([0.3, 0.7], dtype=torch.float64)
-    _, divergence = velocity_divergence(ModelVelocity(model, class_labels=labels), x, sigma)
+    _, divergence = velocity_divergence(GuidedVelocity(model, class_labels=labels), x, sigma)
 
     # Central differences along each of the 16 axes, all in one batch (the model treats samples independently).
     step = 1e-5
     bumps = (step * torch.eye(16, dtype=torch.float64)).view(16, 1, 1, 1, 4, 4)
-    batched = ModelVelocity(model, class_labels=labels.repeat(16))
+    batched = GuidedVelocity(model, class_labels=labels.repeat(16))
     with torch.no_grad():
         plus = batched((x + bumps).reshape(32, 1, 4, 4), sigma.repeat(16)).view(16, 2, 16)
         minus = batched((x - bumps).reshape(32, 1, 4, 4), sigma.repeat(16)).view(16, 2, 16)
@@ -213,7 +215,7 @@ def test_exact_divergence_of_a_dit_matches_finite_differences():
     probes = (
         torch.randint(0, 2, (1, 1024, 1, 4, 4), generator=torch.Generator().manual_seed(8)).double() * 2 - 1
     )
-    repeated = ModelVelocity(model, class_labels=labels.repeat(512))
+    repeated = GuidedVelocity(model, class_labels=labels.repeat(512))
     _, singles = velocity_divergence(repeated, x.repeat(512, 1, 1, 1), sigma.repeat(512), probes)
     singles = singles.view(512, 2)
     assert ((singles.mean(0) - divergence).abs() < 4 * singles.std(0) / math.sqrt(512)).all()
@@ -224,15 +226,15 @@ def test_guided_velocity_is_uncond_plus_scale_times_difference():
     model = tiny_dit()
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     sigma = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    cond = ModelVelocity(model, class_labels=[1, 2])(x, sigma)
-    uncond = ModelVelocity(model)(x, sigma)
-    guided = ModelVelocity(model, class_labels=[1, 2], guidance_scale=3.0)(x, sigma)
+    cond = GuidedVelocity(model, class_labels=[1, 2])(x, sigma)
+    uncond = GuidedVelocity(model)(x, sigma)
+    guided = GuidedVelocity(model, class_labels=[1, 2], guidance_scale=3.0)(x, sigma)
     torch.testing.assert_close(guided, uncond + 3.0 * (cond - uncond))
     assert not torch.allclose(cond, uncond)
 
 
 def test_likelihood_of_a_dit_is_finite_and_reproducible():
-    velocity = ModelVelocity(tiny_dit(), class_labels=1)
+    velocity = GuidedVelocity(tiny_dit(), class_labels=1)
     x = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1
     first = log_likelihood(
         velocity, x, num_steps=4, divergence="hutchinson", generator=torch.Generator().manual_seed(0)
@@ -291,21 +293,10 @@ def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="num_probes"):
         log_likelihood(flow.velocity, x, num_probes=0)
     with pytest.raises(ValueError, match="sigma_max < 1"):
-        log_likelihood(ModelVelocity(GaussianDenoiser("epsilon")), torch.zeros(2, 1, 2, 2))
+        log_likelihood(GuidedVelocity(GaussianDenoiser("epsilon")), torch.zeros(2, 1, 2, 2))
     with pytest.raises(ValueError, match="sigma_min > 0"):
-        log_likelihood(ModelVelocity(GaussianDenoiser("sample")), torch.zeros(2, 1, 2, 2), sigma_min=0.0)
-    with pytest.raises(ValueError, match="time_convention='ddpm'"):
-        ModelVelocity(
-            DiTModel(
-                sample_size=4,
-                in_channels=1,
-                hidden_size=16,
-                num_layers=1,
-                num_attention_heads=2,
-                time_convention="ddpm",
-            )
-        )
+        log_likelihood(GuidedVelocity(GaussianDenoiser("sample")), torch.zeros(2, 1, 2, 2), sigma_min=0.0)
     with pytest.raises(ValueError, match="needs class_labels"):
-        ModelVelocity(GaussianDenoiser("velocity"), guidance_scale=2.0)
+        GuidedVelocity(GaussianDenoiser("velocity"), guidance_scale=2.0)
     with pytest.raises(ValueError, match="uint8"):
         image_bits_per_dim(flow.velocity, torch.zeros(2, 1, 2, 2))

@@ -25,7 +25,7 @@ from flow_pipelines import (
     FlowPipeline,
     FlowSDEScheduler,
 )
-from flow_pipelines.sample import SCHEDULERS, make_scheduler
+from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
 
 
 @contextlib.contextmanager
@@ -444,9 +444,21 @@ def test_incompatible_schedulers_are_rejected(make_flow_pipeline):
         match="DPMSolverMultistepScheduler is not in flow mode; create it with use_flow_sigmas=True",
     ):
         pipe(1)
+
+
+def test_the_model_config_decides_and_a_sample_scheduler_agrees(make_flow_pipeline):
+    """The scheduler's prediction type only says what it is handed: the samples stay the model's."""
+    pipe = make_flow_pipeline()
+    reference = pipe(
+        [1, 2], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt"
+    )
     pipe.scheduler = FlowEulerScheduler(prediction_type="sample")
+    other = pipe([1, 2], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt")
+    torch.testing.assert_close(other.images, reference.images, atol=1e-5, rtol=0)
+    # An epsilon prediction cannot carry the velocity at sigma = 1, where every grid starts.
+    pipe.scheduler = FlowEulerScheduler(prediction_type="epsilon")
     with pytest.raises(
-        ValueError, match="transformer predicts 'velocity' but FlowEulerScheduler expects 'sample'"
+        ValueError, match="expects prediction_type='epsilon', which carries no information at"
     ):
         pipe(1)
 
@@ -458,6 +470,6 @@ def test_bad_components_are_rejected_at_construction(make_flow_pipeline):
         FlowPipeline(transformer=other.transformer, scheduler=other.scheduler, vae=pipe.vae)
     with pytest.raises(ValueError, match="id2label has class id 12; allowed ids are 0..9"):
         FlowPipeline(transformer=other.transformer, scheduler=other.scheduler, id2label={12: "twelve"})
-    learned_sigma = DiTModel(**{**other.transformer.config, "in_channels": 2, "out_channels": 4})
-    with pytest.raises(ValueError, match="in_channels=2 but out_channels=4"):
-        FlowPipeline(transformer=learned_sigma, scheduler=FlowEulerScheduler())
+    odd_output = DiTModel(**{**other.transformer.config, "in_channels": 2, "out_channels": 3})
+    with pytest.raises(ValueError, match="in_channels=2 but out_channels=3"):
+        FlowPipeline(transformer=odd_output, scheduler=FlowEulerScheduler())

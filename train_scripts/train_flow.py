@@ -39,8 +39,7 @@ import torch
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flow_pipelines import flow  # noqa: E402
-from flow_pipelines.paths import PATH_NAMES, FlowPath, get_path  # noqa: E402
+from flow_pipelines.paths import PATH_NAMES, PREDICTION_TYPES, AffinePath, get_path  # noqa: E402
 from flow_pipelines.training.checkpointing import (  # noqa: E402
     read_training_state,
     resolve_resume_checkpoint,
@@ -180,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     objective.add_argument(
         "--vp_beta_max", type=float, default=None, help="beta_max of --path vp (default: the path's, 20)."
     )
-    objective.add_argument("--prediction_type", default="velocity", choices=flow.PREDICTION_TYPES)
+    objective.add_argument("--prediction_type", default="velocity", choices=PREDICTION_TYPES)
     objective.add_argument(
-        "--loss_target", default=None, choices=flow.PREDICTION_TYPES, help="Default: prediction_type."
+        "--loss_target", default=None, choices=PREDICTION_TYPES, help="Default: prediction_type."
     )
     objective.add_argument(
         "--time_sampling",
@@ -495,7 +494,7 @@ def load_vae(args: argparse.Namespace) -> Any:
     return vae
 
 
-def build_path(args: argparse.Namespace) -> FlowPath:
+def build_path(args: argparse.Namespace) -> AffinePath:
     """The path of ``--path`` (with ``--vp_beta_min`` / ``--vp_beta_max`` for ``vp``).
 
     Raises:
@@ -546,8 +545,7 @@ def build_scheduler(args: argparse.Namespace) -> Any:
     from flow_pipelines import FlowEulerScheduler
 
     shift = args.sampling_shift if args.sampling_shift is not None else args.shift
-    prediction_type = args.prediction_type if args.path == "linear" else "velocity"
-    return FlowEulerScheduler(num_train_timesteps=1000, shift=shift, prediction_type=prediction_type)
+    return FlowEulerScheduler(num_train_timesteps=1000, shift=shift)
 
 
 def sample_grid(
@@ -892,7 +890,7 @@ class FlowTrainer:
             shift=args.shift,
             loss_weighting=args.loss_weighting,
             num_train_timesteps=self.transformer.config.num_train_timesteps,
-            path=None if args.path == "linear" else build_path(args),
+            path=build_path(args),
         )
 
     def _register_checkpoint_hooks(self) -> None:

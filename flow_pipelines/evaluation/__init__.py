@@ -11,7 +11,7 @@ from .frechet import (
     frechet_distance,
     quantize_images,
 )
-from .likelihood import ModelVelocity, bits_per_dim, image_bits_per_dim, log_likelihood
+from .likelihood import bits_per_dim, image_bits_per_dim, log_likelihood
 
 __all__ = [
     "DigitClassifier",
@@ -22,7 +22,6 @@ __all__ = [
     "FeatureStatistics",
     "FrechetDistance",
     "InceptionFeatureExtractor",
-    "ModelVelocity",
     "WeightsUnavailableError",
     "bits_per_dim",
     "frechet_distance",

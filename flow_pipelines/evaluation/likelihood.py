@@ -35,7 +35,7 @@ the discrete code length per dimension; averaged over the dequantisation noise i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import flow
-from ..paths import path_from_config
+from ..guidance import GuidedVelocity
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``velocity(x, sigma) -> v``: ``x`` of shape ``(B, ...)``, ``sigma`` of shape ``(B,)``."""
@@ -73,117 +72,6 @@ class LikelihoodResult:
     delta_log_prob: torch.Tensor
     latent: torch.Tensor
     num_function_evals: int
-
-
-def _config_value(model: Any, name: str, default: Any) -> Any:
-    config = getattr(model, "config", None)
-    if config is None:
-        return default
-    value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
-    return default if value is None else value
-
-
-class ModelVelocity:
-    """The velocity of a class-conditional flow model (a `DiTModel` or alike) as a ``velocity(x, sigma)`` callable.
-
-    The model is called as ``model(hidden_states, timestep=sigma * num_train_timesteps, class_labels,
-    return_dict=False)[0]`` and its output converted to a velocity by :func:`flow_pipelines.flow.to_velocity`
-    according to its ``prediction_type``. A model trained on another path (config ``path``, e.g.
-    ``"cosine"`` or ``"vp"``) goes through the same mapping as `FlowPipeline`
-    (:meth:`flow_pipelines.paths.FlowPath.mapping`): it is called with ``c * x`` at its own timestep and its
-    output is turned into our velocity by ``mapping.to_flow``. With guidance the velocity is ``uncond + s (cond - uncond)``: the
-    likelihood is then that of the distribution a deterministic guided sampler draws from.
-
-    Args:
-        model: The model; its config gives ``num_classes`` (the null class id), ``num_train_timesteps``,
-            ``prediction_type`` and ``path`` / ``path_kwargs``.
-        class_labels: ``None`` for the unconditional model (the null class), or one class id per sample (or
-            one for all).
-        guidance_scale: Classifier-free guidance scale (1 = the conditional model alone).
-        prediction_type: Overrides the config's prediction type.
-
-    Raises:
-        ValueError: For a model whose time convention is DDPM's, an unknown prediction type or path, or
-            guidance without class labels.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        class_labels: int | Sequence[int] | torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        prediction_type: str | None = None,
-    ) -> None:
-        convention = _config_value(model, "time_convention", "flow")
-        if convention == "ddpm":
-            raise ValueError(
-                "The model uses time_convention='ddpm' (a DDPM epsilon model): it does not define the flow's "
-                "velocity, so its flow likelihood cannot be computed."
-            )
-        self.model = model
-        config = getattr(model, "config", None)
-        self.path = path_from_config(config if config is not None else {})
-        self.prediction_type = flow.check_prediction_type(
-            prediction_type or _config_value(model, "prediction_type", "velocity")
-        )
-        self.num_train_timesteps = float(_config_value(model, "num_train_timesteps", 1000))
-        self.null_class = int(_config_value(model, "num_classes", 0))
-        if guidance_scale != 1.0 and class_labels is None:
-            raise ValueError(
-                f"guidance_scale={guidance_scale} needs class_labels (guidance mixes in the null class)."
-            )
-        self.class_labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long)
-        self.guidance_scale = float(guidance_scale)
-
-    def _labels(self, batch: int, device: torch.device) -> torch.Tensor:
-        if self.class_labels is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        labels = self.class_labels.to(device).reshape(-1)
-        if labels.numel() == 1:
-            return labels.expand(batch)
-        if labels.numel() != batch:
-            raise ValueError(f"{labels.numel()} class labels for a batch of {batch}.")
-        return labels
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The velocity at ``(x, sigma)``, differentiable in ``x``.
-
-        Args:
-            x: ``(B, C, H, W)`` points on the path.
-            sigma: ``(B,)`` noise levels.
-
-        Returns:
-            The velocity, shaped and typed like ``x``.
-        """
-        dtype = getattr(self.model, "dtype", x.dtype)
-        labels = self._labels(x.shape[0], x.device)
-        mapping = None
-        model_input = x
-        if self.path.name == "linear":
-            timestep = flow.sigma_to_timestep(sigma, self.num_train_timesteps)
-        else:
-            mapping = self.path.mapping(sigma, self.num_train_timesteps)
-            model_input = mapping.model_input(x)
-            timestep = torch.as_tensor(mapping.timestep, device=x.device).expand(x.shape[0])
-        if self.guidance_scale == 1.0:
-            prediction = self._call(model_input.to(dtype), timestep.to(dtype), labels)
-        else:
-            null = torch.full_like(labels, self.null_class)
-            both = self._call(
-                torch.cat([model_input, model_input]).to(dtype),
-                torch.cat([timestep, timestep]).to(dtype),
-                torch.cat([labels, null]),
-            )
-            cond, uncond = both.chunk(2)
-            prediction = uncond + self.guidance_scale * (cond - uncond)
-        if mapping is not None:
-            # Guidance mixes path outputs, as the pipeline does; the mapping is linear in the output.
-            return mapping.to_flow(prediction.to(x.dtype), x, self.prediction_type, "velocity")
-        return flow.to_velocity(prediction.to(x.dtype), x, sigma, self.prediction_type)
-
-    def _call(self, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        output = self.model(hidden_states=x, timestep=timestep, class_labels=labels, return_dict=False)
-        return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def standard_normal_log_prob(x: torch.Tensor, std: float = 1.0) -> torch.Tensor:
@@ -332,9 +220,10 @@ def log_likelihood(
     taken through one batched backward pass.
 
     Args:
-        velocity: ``velocity(x, sigma) -> v`` (e.g. :class:`ModelVelocity`, or ``GaussianFlow.velocity``). An
-            object with ``prediction_type`` ``"sample"`` needs ``sigma_min > 0``; ``"epsilon"`` needs
-            ``sigma_max < 1``.
+        velocity: ``velocity(x, sigma) -> v`` (a :class:`~flow_pipelines.guidance.GuidedVelocity` of a model, or
+            ``GaussianFlow.velocity``). A model whose prediction carries no information at an end of the range
+            (a sample prediction at sigma = 0, an epsilon one at sigma = 1 on the straight path) needs that end
+            moved inside (``sigma_min > 0``, ``sigma_max < 1``).
         x: Data points ``(B, ...)`` in the model's range.
         num_steps: Steps of the fixed grid (``rk4``: 4 evaluations per step, ``heun``: 2).
         method: ``"rk4"``, ``"heun"`` or ``"adaptive"`` (Dormand–Prince RK45 via scipy, ``rtol`` / ``atol``).
@@ -359,11 +248,16 @@ def log_likelihood(
     _check_options(method, divergence, probe, num_probes, num_steps, sigma_min, sigma_max, rho)
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (B, ...); got shape {tuple(x.shape)}.")
-    prediction_type = getattr(velocity, "prediction_type", "velocity")
-    if prediction_type == "sample" and sigma_min <= 0.0:
-        raise ValueError("A model predicting the sample (x0) divides by sigma: use sigma_min > 0.")
-    if prediction_type == "epsilon" and sigma_max >= 1.0:
-        raise ValueError("A model predicting epsilon divides by 1 - sigma: use sigma_max < 1 (e.g. 0.999).")
+    if isinstance(velocity, GuidedVelocity):
+        for end, name, advice in (
+            (sigma_min, "sigma_min", "> 0"),
+            (sigma_max, "sigma_max", "< 1 (e.g. 0.999)"),
+        ):
+            if velocity.path.is_singular(end, velocity.prediction_type):
+                raise ValueError(
+                    f"A model predicting {velocity.prediction_type!r} on {velocity.path!r} carries no information "
+                    f"at {name}={end} (its conversion to a velocity divides by zero there): use {name} {advice}."
+                )
 
     dtype = torch.float32 if x.device.type == "mps" else torch.float64
     state = x.detach().to(dtype)
@@ -488,14 +382,14 @@ def image_bits_per_dim(
     """Bits per dimension of 8-bit images: map to [-1, 1], dequantise uniformly, solve, convert.
 
     Args:
-        velocity: ``velocity(x, sigma)``, or a :class:`ModelVelocity` (given ``class_labels``, each batch is
-            scored with its own labels through a copy of it).
+        velocity: ``velocity(x, sigma)``, or a :class:`~flow_pipelines.guidance.GuidedVelocity` (given
+            ``class_labels``, each batch is scored with its own labels through a copy of it).
         pixels: uint8 ``(N, C, H, W)`` images at the model's resolution and channels.
         batch_size: Images per solve.
         generator: Random source of the dequantisation noise (drawn on its device) and the probes.
         device: Where to compute (default: the images' device).
         show_progress: Show a progress bar over batches.
-        class_labels: ``(N,)`` labels for a conditional likelihood with a :class:`ModelVelocity`.
+        class_labels: ``(N,)`` labels for a conditional likelihood with a ``GuidedVelocity``.
         **solver_options: Passed to :func:`log_likelihood` (``num_steps``, ``method``, ``divergence``, ...).
 
     Returns:
@@ -523,13 +417,8 @@ def image_bits_per_dim(
         noise_device = generator.device if generator is not None else batch.device
         noisy = dequantize(batch.to(noise_device), generator=generator).to(device)
         batch_velocity = velocity
-        if class_labels is not None and isinstance(velocity, ModelVelocity):
-            batch_velocity = ModelVelocity(
-                velocity.model,
-                class_labels=torch.as_tensor(class_labels[start : start + batch_size], dtype=torch.long),
-                guidance_scale=velocity.guidance_scale,
-                prediction_type=velocity.prediction_type,
-            )
+        if class_labels is not None and isinstance(velocity, GuidedVelocity):
+            batch_velocity = velocity.with_labels(class_labels[start : start + batch_size])
         solved = log_likelihood(batch_velocity, noisy, generator=generator, **solver_options)
         results.append(bits_per_dim(solved.log_prob, num_dims).cpu())
         evaluations = max(evaluations, solved.num_function_evals)

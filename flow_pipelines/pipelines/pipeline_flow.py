@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import json
-import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, ModelMixin
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
-from diffusers.utils.hub_utils import _add_variant
 from diffusers.utils.torch_utils import randn_tensor
 
-from .. import flow
 from ..file_utils import atomic_directory
+from ..guidance import GuidedVelocity, check_guidance_interval, check_guidance_scale, check_transformer
 from ..models import DiTModel
-from ..paths import FlowPath, PathMapping, path_from_config
+from ..paths import PREDICTION_TYPES, STRAIGHT_PATH, AffinePath, check_prediction_type
+from .class_labels import ClassLabels, normalize_id2label, resolve_class_labels
+from .saved_folder import check_saved_pipeline
 
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
-
-# What a scheduler's `prediction_type` means in this package's terms (diffusers calls velocity "flow_prediction").
-_SCHEDULER_PREDICTION_ALIASES: dict[str, str] = {"flow_prediction": "velocity"}
 
 # Defaults of diffusers' FLUX-style resolution-dependent shift, used when a scheduler with
 # `use_dynamic_shifting=True` does not carry them in its config.
@@ -41,54 +33,6 @@ _DYNAMIC_SHIFT_DEFAULTS: dict[str, float] = {
     "base_shift": 0.5,
     "max_shift": 1.15,
 }
-
-
-def normalize_id2label(
-    id2label: dict[int | str, str] | None, num_classes: int | None = None
-) -> dict[int, str]:
-    """Bring a class-name table to ``{int id: name}`` form; JSON stores the ids as strings.
-
-    Args:
-        id2label: Class names keyed by id (ints or digit strings), or ``None``.
-        num_classes: When given, every id must lie in ``[0, num_classes)``.
-
-    Returns:
-        The table with integer keys, sorted by id (empty for ``None``).
-
-    Raises:
-        ValueError: If a key is not an integer, an id is out of range, or a name is not a non-empty string.
-    """
-    if id2label is None:
-        return {}
-    if not isinstance(id2label, dict):
-        raise ValueError(f"id2label must be a dict of class id -> name, got {type(id2label).__name__}.")
-    table: dict[int, str] = {}
-    for key, name in id2label.items():
-        try:
-            class_id = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"id2label key {key!r} is not an integer class id.") from None
-        if isinstance(key, float) and key != class_id:
-            raise ValueError(f"id2label key {key!r} is not an integer class id.")
-        if num_classes is not None and not 0 <= class_id < num_classes:
-            raise ValueError(f"id2label has class id {class_id}; allowed ids are 0..{num_classes - 1}.")
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"id2label[{class_id}] = {name!r} must be a non-empty string.")
-        table[class_id] = name
-    return dict(sorted(table.items()))
-
-
-@dataclass(frozen=True)
-class _Labels:
-    """Per-call constants of the denoising loop: label batches for B and 2B calls, the model dtype, and the
-    prediction types of the transformer (on its own path) and of the scheduler (on ours)."""
-
-    cond: torch.Tensor
-    null: torch.Tensor
-    both: torch.Tensor
-    model_dtype: torch.dtype
-    model_prediction: str
-    scheduler_prediction: str
 
 
 def _accepted_parameters(function: Callable) -> set[str]:
@@ -110,27 +54,25 @@ class FlowPipeline(DiffusionPipeline):
     computed from one batched transformer call of twice the batch; the unconditional class id is
     ``transformer.config.num_classes``.
 
-    A transformer trained on another affine path (config ``path``: ``"cosine"``, ``"vp"``; see
-    :mod:`flow_pipelines.paths`) samples with the same schedulers: at each noise level sigma it is called
-    with ``c * x`` at its own timestep ``s(sigma) * num_train_timesteps``, and its output (velocity on its
-    path, sample or epsilon) is turned into our prediction of the scheduler's type. A converted DDPM model
-    (``time_convention="ddpm"``, ``path="vp"``) may have ``out_channels = 2 * in_channels``: the learned
-    variance channels are dropped.
+    The transformer's config alone says what it predicts, on which path and time scale; at each noise level
+    the pipeline evaluates :class:`~flow_pipelines.guidance.GuidedVelocity` (which maps the straight path onto
+    the transformer's, see :mod:`flow_pipelines.paths`) and hands the scheduler the prediction type its own
+    config asks for. A scheduler cannot disagree with the model.
 
     Without a VAE the transformer works in pixel space (images in [-1, 1]); with one, it works in the
     VAE's latent space and latents are decoded as ``vae.decode(latents / scaling_factor + shift_factor)``.
 
     Args:
         transformer: The class-conditional `DiTModel` (its output: what its config's ``prediction_type``
-            says on its config's ``path``; velocity on our straight path by default).
+            says on its config's ``path``; the velocity on our straight path by default).
         scheduler: A flow scheduler (see above).
         vae: Optional ``AutoencoderKL`` whose ``latent_channels`` equal the transformer's ``in_channels``.
         id2label: Optional class names by id; kept in the pipeline config so that it survives save/load.
 
     Raises:
         ValueError: If the VAE's latent channels differ from the transformer's input channels, the
-            transformer's output channels differ from its input channels (other than a DDPM model's
-            learned-variance layout), its path is unknown, or ``id2label`` is malformed.
+            transformer's output channels differ from its input channels (other than a learned-variance
+            layout of twice as many), its path or prediction type is unknown, or ``id2label`` is malformed.
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -145,24 +87,13 @@ class FlowPipeline(DiffusionPipeline):
         id2label: dict[int, str] | dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        check_transformer(transformer.config)
         in_channels = transformer.config.in_channels
-        out_channels = getattr(transformer.config, "out_channels", None) or in_channels
-        # A DDPM model's second half of channels is its learned variance; the epsilon comes first.
-        learned_variance = (
-            getattr(transformer.config, "time_convention", "flow") == "ddpm"
-            and out_channels == 2 * in_channels
-        )
-        if out_channels != in_channels and not learned_variance:
-            raise ValueError(
-                f"The transformer has in_channels={in_channels} but out_channels={out_channels}; a flow model "
-                "predicts a tensor shaped like its input, so they must be equal."
-            )
         if vae is not None and vae.config.latent_channels != in_channels:
             raise ValueError(
                 f"The VAE has latent_channels={vae.config.latent_channels} but the transformer has "
                 f"in_channels={in_channels}; they must be equal."
             )
-        path_from_config(transformer.config)
         table = normalize_id2label(id2label, transformer.config.num_classes)
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         # JSON keys are strings: store them so, and the in-memory config equals the reloaded one.
@@ -196,7 +127,7 @@ class FlowPipeline(DiffusionPipeline):
 
     @guidance_scale.setter
     def guidance_scale(self, value: float) -> None:
-        self._guidance_scale = self._checked_guidance_scale(value)
+        self._guidance_scale = check_guidance_scale(value)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -219,30 +150,19 @@ class FlowPipeline(DiffusionPipeline):
         return int(self.transformer.config.num_classes)
 
     @property
-    def path(self) -> FlowPath:
+    def path(self) -> AffinePath:
         """The path the transformer was trained on (`flow_pipelines.paths`), from its config."""
-        return path_from_config(self.transformer.config)
+        return check_transformer(self.transformer.config)
 
     # ----------------------------------------------------------------------------- input checks
-    @staticmethod
-    def _checked_guidance_scale(value: float) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise ValueError(f"guidance_scale={value!r} must be a finite number >= 0 (1 disables guidance).")
-        return float(value)
-
-    def label_ids(self, class_labels: int | str | Sequence[int | str] | torch.Tensor) -> list[int]:
+    def label_ids(self, class_labels: ClassLabels) -> list[int]:
         """Resolve class labels (ids and/or names) to integer class ids.
 
         A name matches an ``id2label`` entry exactly, case-insensitively, or as one of its comma-separated
         synonyms (``"tench, Tinca tinca"`` answers to ``"tench"``). A string is always one name.
 
         Args:
-            class_labels: An id, a name, or a sequence (or 1-d integer tensor) of them.
+            class_labels: An id, a name, or a (nested) list, 0-d / 1-d integer tensor or array of them.
 
         Returns:
             One class id per label.
@@ -251,67 +171,7 @@ class FlowPipeline(DiffusionPipeline):
             ValueError: For an empty list, a name that is not in ``id2label``, an id outside
                 ``[0, num_classes)``, or a value that is neither.
         """
-        num_classes = self.null_class_id
-        if isinstance(class_labels, torch.Tensor):
-            if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.ndim > 1:
-                raise ValueError(
-                    f"class_labels tensor must be a 0-d or 1-d integer tensor, got {class_labels.dtype} "
-                    f"of shape {tuple(class_labels.shape)}."
-                )
-            items: list[Any] = class_labels.flatten().tolist()
-        elif isinstance(class_labels, (str, int, np.integer)):
-            items = [class_labels]
-        elif isinstance(class_labels, Sequence) or isinstance(class_labels, np.ndarray):
-            items = list(class_labels)
-        else:
-            raise ValueError(
-                f"class_labels={class_labels!r} must be a class id, a class name, or a list of them."
-            )
-        if not items:
-            raise ValueError("class_labels is empty; pass at least one class id or name.")
-
-        lookup: dict[str, int] | None = None
-        ids: list[int] = []
-        for item in items:
-            if isinstance(item, str):
-                if lookup is None:
-                    lookup = self._name_lookup()
-                key = item.strip().casefold()
-                if key not in lookup:
-                    raise ValueError(self._unknown_name_message(item))
-                ids.append(lookup[key])
-            elif isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)):
-                if not 0 <= int(item) < num_classes:
-                    raise ValueError(
-                        f"class label {int(item)} is out of range; allowed class ids are 0..{num_classes - 1}."
-                    )
-                ids.append(int(item))
-            else:
-                raise ValueError(f"class label {item!r} must be an integer class id or a class name (str).")
-        return ids
-
-    def _name_lookup(self) -> dict[str, int]:
-        """Case-folded names and comma-separated synonyms -> id; full names take precedence."""
-        lookup: dict[str, int] = {}
-        table = self.id2label
-        for class_id, name in table.items():
-            for synonym in name.split(","):
-                if synonym.strip():
-                    lookup.setdefault(synonym.strip().casefold(), class_id)
-        for class_id, name in table.items():
-            lookup[name.strip().casefold()] = class_id
-        return lookup
-
-    def _unknown_name_message(self, name: str) -> str:
-        table = self.id2label
-        if not table:
-            return (
-                f"class name {name!r} cannot be resolved: this pipeline has no id2label; pass integer class ids "
-                f"in 0..{self.null_class_id - 1}."
-            )
-        known = ", ".join(repr(n) for n in list(table.values())[:8])
-        more = f", ... ({len(table)} names in all)" if len(table) > 8 else ""
-        return f"unknown class name {name!r}; known names: {known}{more}."
+        return resolve_class_labels(class_labels, self.id2label, self.null_class_id)
 
     def _latent_shape(self, batch_size: int) -> tuple[int, int, int, int]:
         sample_size = self.transformer.config.sample_size
@@ -328,13 +188,13 @@ class FlowPipeline(DiffusionPipeline):
                 'prediction_type="flow_prediction" (e.g. via from_config(config, use_flow_sigmas=True, ...)).'
             )
         prediction_type = config.get("prediction_type", "velocity")
-        prediction_type = _SCHEDULER_PREDICTION_ALIASES.get(prediction_type, prediction_type)
-        if prediction_type not in flow.PREDICTION_TYPES:
+        try:
+            return check_prediction_type(prediction_type)
+        except ValueError:
             raise ValueError(
-                f"{name} has prediction_type={config.get('prediction_type')!r}, which is not a flow prediction; "
-                f'allowed: {", ".join(flow.PREDICTION_TYPES)} (or "flow_prediction").'
-            )
-        return prediction_type
+                f"{name} has prediction_type={prediction_type!r}, which is not a flow prediction; allowed: "
+                f'{", ".join(PREDICTION_TYPES)} (or "flow_prediction").'
+            ) from None
 
     def check_inputs(
         self,
@@ -376,18 +236,8 @@ class FlowPipeline(DiffusionPipeline):
             or num_inference_steps < 1
         ):
             raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer >= 1.")
-        self._checked_guidance_scale(guidance_scale)
-        if guidance_interval is not None:
-            try:
-                low, high = (float(v) for v in guidance_interval)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"guidance_interval={guidance_interval!r} must be a pair (low, high) of noise levels."
-                ) from None
-            if not (0.0 <= low <= high) or math.isnan(high):
-                raise ValueError(
-                    f"guidance_interval={guidance_interval!r} must satisfy 0 <= low <= high (noise levels, 1 = noise)."
-                )
+        check_guidance_scale(guidance_scale)
+        check_guidance_interval(guidance_interval)
         batch_size = len(class_ids)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
@@ -413,17 +263,7 @@ class FlowPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"{name} was given but {type(self.scheduler).__name__}.set_timesteps does not accept {name}."
                 )
-        scheduler_prediction = self._scheduler_prediction_type()
-        model_prediction = flow.check_prediction_type(
-            getattr(self.transformer.config, "prediction_type", None) or "velocity"
-        )
-        # A model of our path hands its output to the scheduler as it is; one of another path goes through
-        # the path mapping, which produces whatever the scheduler expects.
-        if self.path.name == "linear" and model_prediction != scheduler_prediction:
-            raise ValueError(
-                f"The transformer predicts {model_prediction!r} but {type(self.scheduler).__name__} expects "
-                f"{scheduler_prediction!r}; use a scheduler configured with prediction_type={model_prediction!r}."
-            )
+        self._scheduler_prediction_type()
 
     # ----------------------------------------------------------------------------- sampling pieces
     def _set_timesteps(
@@ -455,52 +295,6 @@ class FlowPipeline(DiffusionPipeline):
             config["max_image_seq_len"] - config["base_image_seq_len"]
         )
         return tokens * slope + config["base_shift"] - slope * config["base_image_seq_len"]
-
-    def _transformer(
-        self,
-        latents: torch.Tensor,
-        mapping: PathMapping,
-        timestep: torch.Tensor,
-        class_ids: torch.Tensor,
-        labels: _Labels,
-    ) -> torch.Tensor:
-        """One transformer call, returned in our convention as the scheduler's prediction type.
-
-        The only place that knows the transformer's path: it is called with ``c * x`` at its own timestep,
-        any learned-variance channels are dropped, and its output is mapped to our ``(x, sigma)``
-        (for a model of our path, all of this is the identity).
-        """
-        output = self.transformer(
-            hidden_states=mapping.model_input(latents).to(labels.model_dtype),
-            timestep=timestep.expand(latents.shape[0]),
-            class_labels=class_ids,
-            return_dict=False,
-        )[0]
-        channels = latents.shape[1]
-        if output.shape[1] != channels:
-            output = output[:, :channels]
-        return mapping.to_flow(
-            output.to(latents.dtype), latents, labels.model_prediction, labels.scheduler_prediction
-        )
-
-    def _model_output(
-        self,
-        latents: torch.Tensor,
-        mapping: PathMapping,
-        timestep: torch.Tensor,
-        labels: _Labels,
-        guidance_scale: float,
-        guided: bool,
-    ) -> torch.Tensor:
-        """The (guided) prediction at one noise level: one transformer call of B or, with guidance, 2B."""
-        if not guided or guidance_scale == 1.0:
-            return self._transformer(latents, mapping, timestep, labels.cond, labels)
-        if guidance_scale == 0.0:
-            return self._transformer(latents, mapping, timestep, labels.null, labels)
-        cond, uncond = self._transformer(
-            torch.cat([latents, latents]), mapping, timestep, labels.both, labels
-        ).chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
 
     def _decode(self, latents: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list:
         if output_type == "latent":
@@ -567,9 +361,9 @@ class FlowPipeline(DiffusionPipeline):
 
         Raises:
             ValueError: Before any work, for an unknown class name, a label out of range, a negative
-                guidance scale, fewer than one step, latents of the wrong shape, a non-flow scheduler,
-                a scheduler whose prediction type differs from that of a transformer of our (linear)
-                path, or a transformer path whose ``a + b`` vanishes at a noise level of the sampling grid.
+                guidance scale, fewer than one step, latents of the wrong shape, a non-flow scheduler, a scheduler
+                whose prediction type is singular on its own grid (epsilon at sigma = 1), or a transformer path
+                whose ``a + b`` vanishes at a noise level of the sampling grid.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -592,8 +386,7 @@ class FlowPipeline(DiffusionPipeline):
         device = self._execution_device
         batch_size = len(class_ids)
         # Integrate in float32 (float64 for a float64 model) whatever precision the transformer runs in.
-        model_dtype = self.transformer.dtype
-        work_dtype = torch.float64 if model_dtype == torch.float64 else torch.float32
+        work_dtype = torch.float64 if self.transformer.dtype == torch.float64 else torch.float32
         shape = self._latent_shape(batch_size)
         # At sigma = 1 the flow's sample is the noise itself, and flow models take x_sigma unscaled: neither
         # `init_noise_sigma` (1 wherever a flow scheduler defines it) nor `scale_model_input` (the identity
@@ -603,16 +396,13 @@ class FlowPipeline(DiffusionPipeline):
         else:
             latents = latents.to(device=device, dtype=work_dtype)
 
-        cond_ids = torch.tensor(class_ids, device=device, dtype=torch.long)
-        null_ids = torch.full_like(cond_ids, self.null_class_id)
-        labels = _Labels(
-            cond_ids,
-            null_ids,
-            torch.cat([cond_ids, null_ids]),
-            model_dtype,
-            getattr(self.transformer.config, "prediction_type", None) or "velocity",
-            self._scheduler_prediction_type(),
+        velocity = GuidedVelocity(
+            self.transformer,
+            torch.tensor(class_ids, device=device, dtype=torch.long),
+            self._guidance_scale,
+            guidance_interval,
         )
+        scheduler_prediction = self._scheduler_prediction_type()
 
         self._set_timesteps(num_inference_steps, sigmas, mu, device)
         timesteps = self.scheduler.timesteps
@@ -620,17 +410,16 @@ class FlowPipeline(DiffusionPipeline):
         num_train_timesteps = float(self.scheduler.config.get("num_train_timesteps", 1000))
         # One host transfer for the noise levels of all evaluations, not a sync per step.
         call_sigmas = (timesteps.detach().double().cpu() / num_train_timesteps).tolist()
-        # Where each noise level lies on the transformer's path, computed on the host before any model call
-        # (a path whose a + b vanishes at one of them is rejected here); one transfer for the timesteps.
-        path = self.path
-        model_time_scale = int(getattr(self.transformer.config, "num_train_timesteps", 1000))
-        mappings = [path.mapping(sigma, model_time_scale) for sigma in call_sigmas]
-        model_timesteps = torch.tensor(
-            [mapping.timestep for mapping in mappings], dtype=torch.float32, device=device
-        )
-        low, high = (
-            (float(v) for v in guidance_interval) if guidance_interval is not None else (-math.inf, math.inf)
-        )
+        for sigma in call_sigmas:
+            # Located on the transformer's path before any model call: a path whose a + b vanishes at one of
+            # them is rejected here.
+            velocity.point(sigma)
+            if STRAIGHT_PATH.is_singular(sigma, scheduler_prediction):
+                raise ValueError(
+                    f"{type(self.scheduler).__name__} expects prediction_type={scheduler_prediction!r}, which carries "
+                    f"no information at the noise level {sigma:g} of its grid (an epsilon prediction says nothing "
+                    "about the data at sigma = 1); use a scheduler with prediction_type='velocity'."
+                )
         step_kwargs = (
             {"generator": generator} if "generator" in _accepted_parameters(self.scheduler.step) else {}
         )
@@ -639,9 +428,14 @@ class FlowPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
-                guided = low <= call_sigmas[i] <= high
-                model_output = self._model_output(
-                    latents, mappings[i], model_timesteps[i], labels, self._guidance_scale, guided
+                # A step-end callback may have changed the guidance scale.
+                velocity.guidance_scale = self._guidance_scale
+                model_output = STRAIGHT_PATH.convert(
+                    velocity(latents, call_sigmas[i]),
+                    latents,
+                    call_sigmas[i],
+                    "velocity",
+                    scheduler_prediction,
                 )
                 latents = self.scheduler.step(model_output, t, latents, return_dict=False, **step_kwargs)[0]
 
@@ -734,66 +528,3 @@ class FlowPipeline(DiffusionPipeline):
                 pretrained_model_name_or_path, variant=kwargs.get("variant"), skip=set(kwargs)
             )
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-
-def _component_base(library_name: str, class_name: str) -> type | None:
-    """The diffusers base class (``ModelMixin`` or ``SchedulerMixin``) of a component entry, if resolvable."""
-    if library_name not in LOADABLE_CLASSES:
-        return None
-    try:
-        component_class = getattr(importlib.import_module(library_name), class_name)
-    except (ImportError, AttributeError):
-        return None
-    for base in (ModelMixin, SchedulerMixin):
-        if isinstance(component_class, type) and issubclass(component_class, base):
-            return base
-    return None
-
-
-def check_saved_pipeline(
-    folder: str | os.PathLike, variant: str | None = None, skip: set[str] | None = None
-) -> None:
-    """Check that a saved pipeline folder has every file its ``model_index.json`` needs.
-
-    Models need ``config.json`` and safetensors weights (single file or sharded index, plain or of the
-    given variant); schedulers need ``scheduler_config.json``.
-
-    Args:
-        folder: The saved pipeline folder.
-        variant: The weight variant that will be requested, if any.
-        skip: Component names not to check (e.g. those passed to ``from_pretrained`` directly).
-
-    Raises:
-        ValueError: Naming the first missing file.
-    """
-    folder = Path(folder)
-    index_path = folder / DiffusionPipeline.config_name
-    if not index_path.is_file():
-        raise ValueError(f"{folder} is not a saved pipeline: {index_path} is missing.")
-    with open(index_path, encoding="utf-8") as handle:
-        index = json.load(handle)
-    for name, entry in index.items():
-        if name.startswith("_") or name in (skip or set()) or not isinstance(entry, list) or len(entry) != 2:
-            continue
-        if entry[0] is None:
-            continue
-        base = _component_base(*entry)
-        if base is None:
-            continue
-        component = folder / name
-        if base is SchedulerMixin:
-            required = component / "scheduler_config.json"
-            if not required.is_file():
-                raise ValueError(f"{folder} lacks {required.relative_to(folder)}, the {name} configuration.")
-            continue
-        config = component / "config.json"
-        if not config.is_file():
-            raise ValueError(f"{folder} lacks {config.relative_to(folder)}, the {name} configuration.")
-        candidates = [SAFETENSORS_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME + ".index.json"]
-        if variant is not None:
-            candidates = [_add_variant(c, variant) for c in candidates] + candidates
-        if not any((component / c).is_file() for c in candidates):
-            raise ValueError(
-                f"{folder} lacks the {name} weights: {(component / candidates[0]).relative_to(folder)} is missing "
-                f"(looked for {', '.join(candidates)} in {component})."
-            )
