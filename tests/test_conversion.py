@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import pickle
 from pathlib import Path
@@ -20,6 +21,7 @@ from diffusers import DiTTransformer2DModel
 from torch import nn
 
 from flow_pipelines import DiTModel
+from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.models.conversion import (
     convert_checkpoint,
     convert_diffusers_dit,
@@ -219,7 +221,8 @@ def test_dit_conversion_reproduces_the_original_forward(tmp_path):
     reference = perturbed(RefDiT())
     torch.save(reference.state_dict(), tmp_path / "dit.pt")
     model = convert_original_checkpoint(tmp_path / "dit.pt", "dit", num_attention_heads=4)
-    assert model.config.time_convention == "ddpm" and model.config.prediction_type == "epsilon"
+    assert model.config.path == "vp" and model.config.path_kwargs == {"beta_min": 0.1, "beta_max": 20.0}
+    assert model.config.prediction_type == "epsilon" and model.config.num_train_timesteps == 1000
     assert model.config.out_channels == 8 and model.config.num_classes == 10 and model.config.sample_size == 8
     x = inputs()
     timesteps = torch.tensor([0, 17, 500, 999])
@@ -231,21 +234,49 @@ def test_dit_conversion_reproduces_the_original_forward(tmp_path):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def test_sit_conversion_predicts_our_velocity_at_our_sigma(tmp_path):
+def sit_model_and_reference(tmp_path):
     reference = perturbed(RefDiT(sit=True), seed=3)
     torch.save(reference.state_dict(), tmp_path / "sit.pt")
     model = convert_original_checkpoint(tmp_path / "sit.pt", "sit", preset=None, num_attention_heads=4)
-    assert model.config.time_convention == "sit" and model.config.prediction_type == "velocity"
-    assert model.config.out_channels == 4  # SiT's unused sigma channels are dropped
+    return model.double(), reference.double()
+
+
+def test_sit_conversion_is_sits_forward_on_the_reversed_linear_path(tmp_path):
+    model, reference = sit_model_and_reference(tmp_path)
+    config = model.config
+    assert config.path == "linear" and config.path_kwargs == {"reverse_time": True}
+    assert config.num_train_timesteps == 1 and config.prediction_type == "velocity"
+    assert config.out_channels == 4  # SiT's unused sigma channels are dropped
     x = inputs()
     sit_time = torch.tensor([0.0, 0.25, 0.6, 1.0])  # SiT: t = 0 is noise
-    sigma = 1.0 - sit_time
     labels = torch.tensor([1, 2, 10, 5])
     with torch.no_grad():
-        sit_velocity = reference.double()(x, sit_time, labels)  # x0 - noise
-        ours = model.double()(x, sigma * 1000, labels).sample  # noise - x0
+        sit_velocity = reference(x, sit_time, labels)  # x0 - noise
+        same_call = model(x, sit_time, labels).sample
+        # Through its path, the model is our velocity noise - x0 at our sigma = 1 - t.
+        ours = GuidedVelocity(model, labels)(x, 1.0 - sit_time.double())
     assert sit_velocity.abs().max() > 0.1
+    torch.testing.assert_close(same_call, sit_velocity, rtol=0, atol=1e-5)
     torch.testing.assert_close(ours, -sit_velocity, rtol=0, atol=1e-5)
+
+
+def test_a_sit_folder_saved_with_a_time_convention_still_loads(tmp_path):
+    """Configs saved before paths carried the time direction name it `time_convention`; they load unchanged."""
+    model, reference = sit_model_and_reference(tmp_path)
+    model.float().save_pretrained(tmp_path / "sit_folder")
+    config_path = tmp_path / "sit_folder" / "config.json"
+    legacy = json.loads(config_path.read_text())
+    legacy.update(time_convention="sit", path="linear", path_kwargs=None, num_train_timesteps=1000)
+    config_path.write_text(json.dumps(legacy))
+    loaded = DiTModel.from_pretrained(tmp_path / "sit_folder").double()
+    assert loaded.config.path_kwargs == {"reverse_time": True} and loaded.config.num_train_timesteps == 1
+    assert "time_convention" not in loaded.config
+    x, labels, sigma = inputs(), torch.tensor([1, 2, 10, 5]), torch.tensor([1.0, 0.75, 0.4, 0.05])
+    with torch.no_grad():
+        expected = -reference(x, 1.0 - sigma, labels)
+        torch.testing.assert_close(
+            GuidedVelocity(loaded, labels)(x, sigma.double()), expected, rtol=0, atol=1e-5
+        )
 
 
 def test_training_checkpoints_take_the_ema_weights_and_plain_pickles_are_refused(tmp_path):
@@ -323,8 +354,8 @@ def test_cli_writes_an_atomic_safetensors_folder(tmp_path):
     x, labels = inputs(), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
         torch.testing.assert_close(
-            loaded.double()(x, 400.0, labels).sample,
-            -reference.double()(x, torch.full((4,), 0.6), labels),
+            loaded.double()(x, 0.6, labels).sample,
+            reference.double()(x, torch.full((4,), 0.6), labels),
             rtol=0,
             atol=1e-5,
         )
@@ -358,7 +389,11 @@ def test_diffusers_conversion_reproduces_diffusers_forward(tmp_path):
     source.save_pretrained(tmp_path / "diffusers_dit")
     convert_checkpoint("diffusers", tmp_path / "diffusers_dit", tmp_path / "ours")
     model = DiTModel.from_pretrained(tmp_path / "ours").eval()
-    assert model.config.time_convention == "ddpm" and model.config.out_channels == 8
+    assert (
+        model.config.path == "vp"
+        and model.config.prediction_type == "epsilon"
+        and model.config.out_channels == 8
+    )
     assert model.config.timestep_frequency_shift == 1 and model.config.mlp_norm_eps == source.config.norm_eps
     parameters_ours = sum(p.numel() for p in model.parameters())
     parameters_theirs = sum(p.numel() for p in source.parameters())

@@ -135,7 +135,7 @@ def test_input_validation():
         ({"num_attention_heads": 5}, "not divisible by num_attention_heads=5"),
         ({"pos_embed": "learned"}, "pos_embed='learned'.*sincos, rope"),
         ({"qk_norm": "batch_norm"}, "qk_norm='batch_norm'"),
-        ({"time_convention": "edm"}, "time_convention='edm'"),
+        ({"path": "edm"}, "Unknown path 'edm'"),
         ({"prediction_type": "score"}, "prediction_type='score'"),
         ({"patch_size": 0}, "patch_size must be a positive integer"),
         (

@@ -2,7 +2,7 @@
 
 Examples::
 
-    # SiT (velocity, noise at t = 0): converted to predict our velocity noise - x0 at sigma * 1000.
+    # SiT (velocity, noise at t = 0): a velocity model on the reversed linear path, called with t itself.
     python train_scripts/convert_checkpoint.py --source sit --checkpoint SiT-XL-2-256.pt \\
         --output_dir sit-xl-2-256 --preset SiT-XL/2
 
@@ -12,18 +12,16 @@ Examples::
     # diffusers' DiTTransformer2DModel folder (or a DiTPipeline folder with a transformer/ subfolder).
     python train_scripts/convert_checkpoint.py --source diffusers --checkpoint DiT-XL-2-256 --output_dir dit-xl-2-256
 
-A converted SiT model samples with the flow schedulers directly. A converted DiT model reproduces the
-original's output (epsilon and variance at a DDPM timestep) and records ``path="vp"`` in its config;
-``FlowPipeline`` samples it with the flow schedulers through the VP-to-straight-path mapping of
-``flow_pipelines.paths``. Load the result with ``DiTModel.from_pretrained(output_dir)``.
+Every converted model reproduces its source's output from the same time input; its config records what it was
+trained for (path, time scale, prediction type), through which ``FlowPipeline`` samples it with every flow
+scheduler. Load the result with ``DiTModel.from_pretrained(output_dir)``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from flow_pipelines.models.conversion import SOURCES, convert_checkpoint
-from flow_pipelines.models.transformer_dit import TIME_CONVENTIONS
+from flow_pipelines.models.conversion import SOURCES, TIME_CONVENTIONS, convert_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--time_convention",
         default=None,
-        choices=TIME_CONVENTIONS,
+        choices=tuple(TIME_CONVENTIONS),
         help="diffusers only: what the weights were trained for (default ddpm, as diffusers' DiT pipelines).",
     )
     parser.add_argument(
@@ -89,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"Wrote {args.output_dir}: DiTModel {config.hidden_size} wide, {config.num_layers} blocks, "
         f"{config.num_attention_heads} heads, patch {config.patch_size}, {parameters / 1e6:.1f}M parameters, "
-        f"time_convention={config.time_convention!r}, prediction_type={config.prediction_type!r}."
+        f"path={config.path!r} {config.path_kwargs or {}}, time scale {config.num_train_timesteps}, "
+        f"prediction_type={config.prediction_type!r}."
     )
 
 

@@ -4,21 +4,22 @@ Three sources are supported:
 
 - ``"dit"``: the ``.pt`` state dicts of facebookresearch/DiT (an epsilon model on the DDPM
   variance-preserving path, 1000 integer steps, learned variance in the second half of its output
-  channels). The converted model has ``time_convention="ddpm"`` and ``prediction_type="epsilon"``: it
-  takes the DDPM timestep and returns exactly what the original returned (epsilon and variance
-  channels). Its config records the path, ``path="vp"`` with the VP parameters of DDPM's linear betas
-  (:data:`DDPM_PATH_KWARGS`), so that `FlowPipeline` samples it with the flow schedulers through the
-  mapping of :mod:`flow_pipelines.paths` (dropping the variance channels).
-- ``"sit"``: the ``.pt`` state dicts of willisma/SiT (Linear path: ``x_t = t x0 + (1 - t) noise``, time
-  ``t`` in [0, 1] with noise at ``t = 0``, output ``x0 - noise``). The weights are kept as they are;
-  the converted model has ``time_convention="sit"``, so its forward maps our ``sigma = 1 - t`` and
-  negates the output: it predicts our velocity ``noise - x0`` at our timestep ``sigma * 1000`` and
-  samples with the flow schedulers directly. SiT's unused learned-sigma output channels are dropped.
+  channels).
+- ``"sit"``: the ``.pt`` state dicts of willisma/SiT (linear path ``x_t = t x0 + (1 - t) noise``, time
+  ``t`` in [0, 1] with noise at ``t = 0``, output ``x0 - noise``). SiT's unused learned-sigma output
+  channels are dropped.
 - ``"diffusers"``: a folder saved by diffusers' ``DiTTransformer2DModel`` (or a pipeline folder with a
   ``transformer`` subfolder). Its per-block timestep/label embedders must all be equal (they are, for
-  weights converted from the original DiT); block 0's become the single embedder. The converted model
-  reproduces diffusers' forward at the trained resolution (diffusers' timestep frequencies and MLP
-  norm epsilon are kept in the config); ``time_convention`` defaults to ``"ddpm"`` as for DiT weights.
+  weights converted from the original DiT); block 0's become the single embedder. diffusers' timestep
+  frequencies and MLP norm epsilon are kept in the config. What it was trained for is given as a
+  ``time_convention`` (``"ddpm"`` by default, as for DiT weights).
+
+Every converted model computes exactly what its source computed, from the same time input (forward
+parity); what the weights were trained for is chosen here, once, and written into the config as the model's
+path, time scale and prediction type (:data:`TIME_CONVENTIONS`): DDPM weights are an epsilon model on the VP
+path of DDPM's linear betas (:data:`DDPM_PATH_KWARGS`) at ``t * 1000``, SiT weights a velocity model on the
+reversed linear path at ``t`` itself. `FlowPipeline` then samples any of them with every flow scheduler
+through :class:`~flow_pipelines.guidance.GuidedVelocity`.
 
 Original checkpoints are read with ``torch.load(..., weights_only=True)``; no arbitrary object is
 ever unpickled. The architecture is inferred from tensor shapes; the head count, which shapes do not
@@ -45,6 +46,50 @@ SOURCES: tuple[str, ...] = ("dit", "sit", "diffusers")
 # The original DiT (and diffusers' DiT pipelines) train on DDPM's linear betas 1e-4 ... 0.02 over 1000 steps.
 DDPM_PATH_KWARGS: dict[str, float] = VPPath.from_ddpm_betas(1e-4, 0.02, 1000).kwargs
 """VP path parameters (``beta_min``, ``beta_max``) recorded in the config of converted DDPM checkpoints."""
+
+TIME_CONVENTIONS: dict[str, dict[str, Any]] = {
+    "ddpm": {
+        "path": "vp",
+        "path_kwargs": DDPM_PATH_KWARGS,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+    },
+    "flow": {
+        "path": "linear",
+        "path_kwargs": None,
+        "num_train_timesteps": 1000,
+        "prediction_type": "velocity",
+    },
+    "sit": {
+        "path": "linear",
+        "path_kwargs": {"reverse_time": True},
+        "num_train_timesteps": 1,
+        "prediction_type": "velocity",
+    },
+}
+"""What a checkpoint's training convention means in a `DiTModel` config: its path, time scale and prediction."""
+
+
+def convention_config(time_convention: str) -> dict[str, Any]:
+    """The config keys that express a training convention (a copy, safe to modify).
+
+    Args:
+        time_convention: ``"ddpm"``, ``"flow"`` or ``"sit"``.
+
+    Returns:
+        ``path``, ``path_kwargs``, ``num_train_timesteps`` and ``prediction_type``.
+
+    Raises:
+        ValueError: For an unknown convention.
+    """
+    if time_convention not in TIME_CONVENTIONS:
+        raise ValueError(
+            f"time_convention={time_convention!r} is not supported; allowed: {', '.join(TIME_CONVENTIONS)}."
+        )
+    config = dict(TIME_CONVENTIONS[time_convention])
+    config["path_kwargs"] = dict(config["path_kwargs"]) if config["path_kwargs"] else None
+    return config
+
 
 # Heads of the DiT paper's widths; used when neither a preset nor a head count is given.
 _HEADS_BY_WIDTH: dict[int, int] = {384: 6, 768: 12, 1024: 16, 1152: 16}
@@ -257,7 +302,6 @@ def convert_original_state_dict(
         raise ValueError(f"unexpected keys in the {source.upper()} state dict: {unexpected[:10]}.")
 
     if source == "sit":
-        time_convention, prediction_type = "sit", "velocity"
         if out_channels == 2 * in_channels:
             # SiT's forward keeps only the first in_channels of each pixel; output index is
             # (row_in_patch * patch + column_in_patch) * out_channels + channel.
@@ -266,8 +310,6 @@ def convert_original_state_dict(
             converted["final_layer.linear.weight"] = converted["final_layer.linear.weight"][keep]
             converted["final_layer.linear.bias"] = converted["final_layer.linear.bias"][keep]
             out_channels = in_channels
-    else:
-        time_convention, prediction_type = "ddpm", "epsilon"
 
     config = {
         "sample_size": grid * patch_size,
@@ -279,16 +321,12 @@ def convert_original_state_dict(
         "num_attention_heads": heads,
         "mlp_ratio": mlp_hidden / hidden_size,
         "num_classes": num_classes,
-        "num_train_timesteps": 1000,
         "pos_embed": "sincos",
-        "prediction_type": prediction_type,
-        "time_convention": time_convention,
         "timestep_embedding_dim": state_dict["t_embedder.mlp.0.weight"].shape[1],
         "timestep_frequency_shift": 0,
         "norm_eps": 1e-6,
+        **convention_config("sit" if source == "sit" else "ddpm"),
     }
-    if time_convention == "ddpm":
-        config.update(path="vp", path_kwargs=dict(DDPM_PATH_KWARGS))
     return config, converted
 
 
@@ -322,8 +360,8 @@ def convert_original_checkpoint(
 
     Args:
         checkpoint: Path to the ``.pt`` (or ``.safetensors``) file, or an already loaded state dict.
-        source: ``"dit"`` (gives ``time_convention="ddpm"``, epsilon + variance output, ``path="vp"``) or
-            ``"sit"`` (gives ``time_convention="sit"``, our velocity at our timestep).
+        source: ``"dit"`` (an epsilon + variance model on the VP path at ``t * 1000``) or ``"sit"`` (a velocity
+            model on the reversed linear path at ``t``).
         preset: Optional preset name to check shapes against and take the head count from.
         num_attention_heads: Head count when no preset is given and the width is not a paper width.
 
@@ -360,10 +398,9 @@ def convert_diffusers_dit(
     Args:
         model_or_path: A ``DiTTransformer2DModel`` or a folder it was saved to (or a pipeline folder with
             a ``transformer`` subfolder).
-        time_convention: What the weights were trained for: ``"ddpm"`` (diffusers' DiT pipelines, the
-            default; recorded with ``path="vp"``), ``"flow"`` (trained on our path with
-            ``timestep = sigma * 1000``) or ``"sit"``.
-        prediction_type: Recorded in the config; defaults to ``"epsilon"`` for ``"ddpm"``, else ``"velocity"``.
+        time_convention: What the weights were trained for (:data:`TIME_CONVENTIONS`): ``"ddpm"`` (diffusers'
+            DiT pipelines, the default), ``"flow"`` (our straight path at ``sigma * 1000``) or ``"sit"``.
+        prediction_type: Overrides the convention's prediction type.
         verify: Run both models on a random batch and require equal outputs.
 
     Returns:
@@ -434,10 +471,8 @@ def convert_diffusers_dit(
         "num_attention_heads": cfg.num_attention_heads,
         "mlp_ratio": state_dict["transformer_blocks.0.ff.net.0.proj.weight"].shape[0] / hidden_size,
         "num_classes": cfg.num_embeds_ada_norm,
-        "num_train_timesteps": 1000,
         "pos_embed": "sincos",
-        "prediction_type": prediction_type or ("epsilon" if time_convention == "ddpm" else "velocity"),
-        "time_convention": time_convention,
+        **convention_config(time_convention),
         # diffusers' DiT: Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=1), adaLN norm eps
         # 1e-6, and its configurable eps on the pre-MLP norm.
         "timestep_embedding_dim": state_dict[
@@ -447,8 +482,8 @@ def convert_diffusers_dit(
         "norm_eps": 1e-6,
         "mlp_norm_eps": cfg.norm_eps,
     }
-    if time_convention == "ddpm":
-        config.update(path="vp", path_kwargs=dict(DDPM_PATH_KWARGS))
+    if prediction_type is not None:
+        config["prediction_type"] = prediction_type
     model = _build(config, {key: value.detach().clone() for key, value in converted.items()})
     if verify:
         _verify_against_diffusers(model, source_model)
@@ -462,20 +497,14 @@ def _verify_against_diffusers(model: DiTModel, source_model: torch.nn.Module) ->
     device = next(source_model.parameters()).device
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=generator)
-    # Source-model time inputs: SiT-style models take t in [0, 1], the others 0..1000.
-    timesteps = torch.tensor([0.017, 0.901]) if cfg.time_convention == "sit" else torch.tensor([17.0, 901.0])
+    # Both models take the same time input (t in [0, 1] for SiT-style weights, 0..1000 for the others).
+    timesteps = torch.tensor([0.017, 0.901]) * cfg.num_train_timesteps
     labels = torch.tensor([0, cfg.num_classes])
     dtype = next(source_model.parameters()).dtype
     reference = source_model(
         sample.to(device, dtype), timestep=timesteps.to(device), class_labels=labels.to(device)
     ).sample.float()
-    if cfg.time_convention == "sit":
-        # diffusers' model takes SiT's time directly; ours maps sigma * 1000 to it and negates.
-        ours = -model.to(device)(
-            sample.to(device, dtype), (1 - timesteps.to(device)) * 1000, labels
-        ).sample.float()
-    else:
-        ours = model.to(device)(sample.to(device, dtype), timesteps.to(device), labels).sample.float()
+    ours = model.to(device)(sample.to(device, dtype), timesteps.to(device), labels).sample.float()
     difference = (ours - reference).abs().max().item()
     tolerance = 1e-4 * (1 + reference.abs().max().item())
     if difference > tolerance:

@@ -6,24 +6,15 @@ vector ``c``, blocks with adaLN-Zero modulation (shift / scale / gate from ``c``
 layer and unpatchify. The label table has ``num_classes + 1`` rows; the last row, id
 ``num_classes``, is the null class used for classifier-free guidance.
 
-Time conventions (config ``time_convention``):
-
-- ``"flow"`` (default): the model is called with ``timestep = sigma * num_train_timesteps`` on the
-  path ``x_sigma = (1 - sigma) x0 + sigma noise`` and predicts ``config.prediction_type`` (the
-  velocity ``noise - x0`` by default).
-- ``"sit"``: weights converted from SiT (velocity model, noise at ``t = 0``). The forward maps our
-  timestep to SiT's ``t = 1 - sigma`` and negates the output, so the model still predicts our
-  velocity at our sigma; the weights are SiT's, untouched.
-- ``"ddpm"``: weights converted from the original DiT (epsilon model on the DDPM variance-preserving
-  path, linear betas, integer timesteps 0..999). The forward takes the DDPM timestep as the original
-  did and returns the original's output (epsilon, plus the learned variance channels when
-  ``out_channels = 2 * in_channels``): forward parity. Such a model's config names the VP path
-  (``path="vp"``), through which `FlowPipeline` samples it with the flow schedulers.
-
-Paths (config ``path``, ``path_kwargs``): the model was trained on ``x_s = a(s) x0 + b(s) noise`` of
-:mod:`flow_pipelines.paths` (``"linear"``, our path, by default; ``"cosine"``; ``"vp"``), is called with
-``s * num_train_timesteps`` and predicts ``prediction_type`` on that path. The forward is the same for
-every path; samplers map our ``(x, sigma)`` onto it (`flow_pipelines.paths.FlowPath.mapping`).
+What the model predicts, and where: the config's ``path`` / ``path_kwargs`` name the affine path
+``x_t = a(t) x0 + b(t) noise`` it is trained on (:mod:`flow_pipelines.paths`: ``"linear"``, the straight path
+``x_sigma = (1 - sigma) x0 + sigma noise``, by default; ``"cosine"``; ``"vp"``; any of them with
+``reverse_time``), ``num_train_timesteps`` its time scale (it is called with ``t * num_train_timesteps``) and
+``prediction_type`` its output (the velocity ``dx_t/dt`` by default, or the sample or the noise). The forward is
+the same for every path; samplers map our ``(x, sigma)`` onto it (:class:`flow_pipelines.guidance.GuidedVelocity`).
+Converted checkpoints say so in the same keys: SiT's weights are a velocity model on the reversed linear path
+with time scale 1, the original DiT's an epsilon model on the VP path whose ``out_channels = 2 * in_channels``
+carry a learned variance in their second half.
 """
 
 from __future__ import annotations
@@ -38,12 +29,10 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..flow import check_prediction_type
-from ..paths import get_path
+from ..paths import check_prediction_type, get_path
 
 POS_EMBED_TYPES: tuple[str, ...] = ("sincos", "rope")
 QK_NORM_TYPES: tuple[str, ...] = ("rms_norm", "layer_norm")
-TIME_CONVENTIONS: tuple[str, ...] = ("flow", "sit", "ddpm")
 
 # Width, depth and heads of the DiT paper's model sizes; every size comes with patch 2, 4 and 8.
 _SIZES: dict[str, dict[str, int]] = {
@@ -374,7 +363,7 @@ class FinalLayer(nn.Module):
 
 
 class DiTModel(ModelMixin, ConfigMixin):
-    r"""Class-conditional Diffusion Transformer (DiT) predicting the flow velocity ``noise - x0``.
+    r"""Class-conditional Diffusion Transformer (DiT), by default predicting the flow velocity ``noise - x0``.
 
     The conditioning vector ``c = time_embed(t) + label_embed(y)`` is computed once per forward and
     drives adaLN-Zero in every block. A fresh model outputs exactly zero (modulations and the output
@@ -387,26 +376,28 @@ class DiTModel(ModelMixin, ConfigMixin):
         patch_size: Patch side.
         in_channels: Input channels.
         out_channels: Output channels; defaults to ``in_channels`` (``2 * in_channels`` is the original
-            DiT's learned-sigma output).
+            DiT's learned-sigma output, whose second half samplers drop).
         hidden_size: Token width.
         num_layers: Number of transformer blocks.
         num_attention_heads: Attention heads; must divide ``hidden_size``.
         mlp_ratio: MLP inner width over ``hidden_size``.
         num_classes: Number of real classes; label id ``num_classes`` is the null class for
             classifier-free guidance, so the label table has ``num_classes + 1`` rows.
-        num_train_timesteps: The time scale: the model is called with ``sigma * num_train_timesteps``.
+        num_train_timesteps: The time scale: the model is called with ``t * num_train_timesteps`` (``t = sigma`` on
+            the straight path).
         pos_embed: ``"sincos"`` (fixed absolute 2-D sin-cos, as DiT) or ``"rope"`` (2-D rotary in attention).
         qk_norm: ``None``, ``"rms_norm"`` or ``"layer_norm"`` on queries and keys.
         rope_theta: Rotary base for ``pos_embed="rope"``.
-        prediction_type: What the output is: ``"velocity"`` (default), ``"sample"`` or ``"epsilon"``.
-        time_convention: ``"flow"`` (native), ``"sit"`` or ``"ddpm"`` for converted weights; see the module docstring.
+        prediction_type: What the output is, on the model's path: ``"velocity"`` (default), ``"sample"`` or
+            ``"epsilon"``.
         timestep_embedding_dim: Width of the sinusoidal timestep features.
         timestep_frequency_shift: 0 as in DiT; 1 reproduces diffusers' ``DiTTransformer2DModel`` embedding.
         norm_eps: Epsilon of the pre-attention and final LayerNorms.
         mlp_norm_eps: Epsilon of the pre-MLP LayerNorm; ``None`` means ``norm_eps`` (diffusers' DiT uses 1e-5).
         path: The path the model is trained on: ``"linear"`` (default), ``"cosine"`` or ``"vp"``; see
             `flow_pipelines.paths.get_path`.
-        path_kwargs: The path's parameters, e.g. ``{"beta_min": 0.1, "beta_max": 20.0}`` for ``"vp"``.
+        path_kwargs: The path's parameters, e.g. ``{"beta_min": 0.1, "beta_max": 20.0}`` for ``"vp"``, or
+            ``{"reverse_time": true}`` for time running from noise to data (SiT).
 
     Raises:
         ValueError: For inconsistent sizes or unknown option names.
@@ -436,7 +427,6 @@ class DiTModel(ModelMixin, ConfigMixin):
         qk_norm: str | None = None,
         rope_theta: float = 10000.0,
         prediction_type: str = "velocity",
-        time_convention: str = "flow",
         timestep_embedding_dim: int = 256,
         timestep_frequency_shift: int = 0,
         norm_eps: float = 1e-6,
@@ -475,10 +465,6 @@ class DiTModel(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"qk_norm={qk_norm!r} is not supported; allowed: None, {', '.join(QK_NORM_TYPES)}."
             )
-        if time_convention not in TIME_CONVENTIONS:
-            raise ValueError(
-                f"time_convention={time_convention!r} is not supported; allowed: {', '.join(TIME_CONVENTIONS)}."
-            )
         check_prediction_type(prediction_type)
         if path_kwargs is not None and not isinstance(path_kwargs, dict):
             raise ValueError(f"path_kwargs={path_kwargs!r} must be a dict of the path's parameters or None.")
@@ -504,7 +490,6 @@ class DiTModel(ModelMixin, ConfigMixin):
         self.use_rope = pos_embed == "rope"
         self.rope_theta = rope_theta
         self.head_dim = head_dim
-        self.time_convention = time_convention
         self.gradient_checkpointing = False
         self._position_cache: dict[tuple[Any, ...], torch.Tensor] = {}
 
@@ -545,6 +530,26 @@ class DiTModel(ModelMixin, ConfigMixin):
         for layer in (self.final_layer.modulation, self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> tuple:
+        """diffusers' config reading, with configs saved before paths carried the time direction brought up to date.
+
+        Such configs name a ``time_convention``: ``"sit"`` (SiT's weights, whose forward then mapped the time and
+        negated the output) is the reversed linear path with time scale 1; ``"ddpm"`` and ``"flow"`` already
+        name their path.
+
+        Args:
+            config_dict: The loaded config.
+            **kwargs: Overrides, as for ``ConfigMixin.extract_init_dict``.
+
+        Returns:
+            What ``ConfigMixin.extract_init_dict`` returns.
+        """
+        config_dict = dict(config_dict)
+        if config_dict.pop("time_convention", None) == "sit":
+            config_dict.update(path="linear", path_kwargs={"reverse_time": True}, num_train_timesteps=1)
+        return super().extract_init_dict(config_dict, **kwargs)
 
     @staticmethod
     def presets() -> list[str]:
@@ -654,9 +659,8 @@ class DiTModel(ModelMixin, ConfigMixin):
         Args:
             hidden_states: Noisy (latent) images ``(batch, in_channels, height, width)``; height and width
                 divisible by ``patch_size``.
-            timestep: ``sigma * num_train_timesteps`` as a float (fractional values allowed): a Python
-                number, a 0-d tensor or one value per sample. With ``time_convention="ddpm"`` it is the
-                DDPM step index as the original DiT took it.
+            timestep: ``t * num_train_timesteps`` as a float (fractional values allowed; ``t = sigma`` on the
+                straight path): a Python number, a 0-d tensor or one value per sample.
             class_labels: Integer labels in ``[0, num_classes]``, one per sample (or one for all);
                 ``num_classes`` is the null class. ``None`` means the null class for the whole batch.
             return_dict: Return a ``Transformer2DModelOutput`` rather than a tuple.
@@ -688,9 +692,6 @@ class DiTModel(ModelMixin, ConfigMixin):
         grid_height, grid_width = height // patch, width // patch
         device = hidden_states.device
         timestep, labels = self._prepare_conditioning(timestep, class_labels, batch, device)
-        if self.time_convention == "sit":
-            # SiT's time runs from noise (t = 0) to data (t = 1), in [0, 1].
-            timestep = 1.0 - timestep.float() / self.num_train_timesteps
 
         x = self.patch_embed(hidden_states).flatten(2).transpose(1, 2)
         positions = self._positions(grid_height, grid_width, device)
@@ -713,9 +714,6 @@ class DiTModel(ModelMixin, ConfigMixin):
         # Unpatchify: (batch, tokens, p * p * c) -> (batch, c, height, width).
         x = x.view(batch, grid_height, grid_width, patch, patch, self.out_channels)
         sample = x.permute(0, 5, 1, 3, 2, 4).reshape(batch, self.out_channels, height, width)
-        if self.time_convention == "sit":
-            # SiT predicts x0 - noise; ours is noise - x0.
-            sample = -sample
         if not return_dict:
             return (sample,)
         return Transformer2DModelOutput(sample=sample)
