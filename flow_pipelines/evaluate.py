@@ -54,9 +54,9 @@ from .evaluation.frechet import (
     check_enough_samples,
     check_same_geometry,
     file_fingerprint,
-    quantize_images,
 )
 from .evaluation.likelihood import DIVERGENCES, METHODS, ModelVelocity, image_bits_per_dim
+from .images import quantize_images
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
 METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digits_accuracy", "bpd")
@@ -237,7 +237,7 @@ def iter_reference(
     """
     from PIL import Image
 
-    from .training.data import ImageTransform, convert_channels, decode_image, image_channels
+    from .images import ImageTransform, convert_channels, decode_image, image_channels
 
     transform = ImageTransform(resize_to[0], resize_to[1], True, interpolation) if resize_to else None
     first_shape: tuple[int, ...] | None = None

@@ -21,10 +21,9 @@ from flow_pipelines.evaluation.frechet import (
     check_same_geometry,
     frechet_distance,
     ieee_float32,
-    quantize_images,
     resize_bilinear_tf1,
-    to_rgb,
 )
+from flow_pipelines.images import quantize_images, to_rgb
 
 
 def scipy_frechet(features_a: np.ndarray, features_b: np.ndarray) -> float:

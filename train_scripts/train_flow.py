@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flow_pipelines import flow  # noqa: E402
+from flow_pipelines.images import INTERPOLATION_MODES, dequantize, pixels_to_model_range  # noqa: E402
 from flow_pipelines.paths import PATH_NAMES, FlowPath, get_path  # noqa: E402
 from flow_pipelines.training.checkpointing import (  # noqa: E402
     read_training_state,
@@ -49,12 +50,9 @@ from flow_pipelines.training.checkpointing import (  # noqa: E402
 from flow_pipelines.training.data import (  # noqa: E402
     CACHE_MODES,
     DIGITS_DATASET,
-    INTERPOLATION_MODES,
     DataConfig,
     EpochShuffleSampler,
     collate_examples,
-    dequantize,
-    pixels_to_model_range,
     prepare_training_data,
     random_flip,
 )
@@ -1263,7 +1261,8 @@ class FlowTrainer:
         return float(evaluation["digit_accuracy"])
 
     def _frechet_distance(self) -> float:
-        from flow_pipelines.evaluation.frechet import FrechetDistance, quantize_images
+        from flow_pipelines.evaluation.frechet import FrechetDistance
+        from flow_pipelines.images import quantize_images
 
         args = self.args
         if getattr(self, "_frechet", None) is None:

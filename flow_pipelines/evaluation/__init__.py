@@ -1,5 +1,6 @@
 """Evaluation of trained pipelines: digit accuracy (scikit-learn's 8×8 digits), Fréchet distances, likelihood."""
 
+from ..images import quantize_images
 from .digits import DigitClassifier, evaluate_digit_pipeline, to_digit_features
 from .frechet import (
     DinoV2FeatureExtractor,
@@ -9,7 +10,6 @@ from .frechet import (
     InceptionFeatureExtractor,
     WeightsUnavailableError,
     frechet_distance,
-    quantize_images,
 )
 from .likelihood import ModelVelocity, bits_per_dim, image_bits_per_dim, log_likelihood
 

@@ -3,7 +3,8 @@
 Protocol (what a number produced here means):
 
 - **Quantisation.** Generated images are quantised to uint8 exactly once, as saving a PNG would do
-  (diffusers' ``numpy_to_pil``: ``round(x * 255)`` of the [0, 1] output, :func:`quantize_images`);
+  (diffusers' ``numpy_to_pil``: ``round(x * 255)`` of the [0, 1] output,
+  :func:`flow_pipelines.images.quantize_images`);
   reference images are decoded to uint8 as stored. Both sets then take the same path: uint8 RGB
   (grey replicated to three channels) into the extractor, which does its own resizing on those bytes.
 - **FID** follows the ADM / torch-fidelity protocol, not clean-fid: the TensorFlow Inception-v3 graph of
@@ -46,6 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..images import to_rgb
+
 INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 """torch-fidelity's conversion of TensorFlow's 2015-12-05 Inception-v3 FID graph (torchmetrics' default)."""
 
@@ -68,61 +71,6 @@ DINOV2_PROTOCOL = (
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained feature-extractor weights could not be loaded (offline, or not in the local cache)."""
-
-
-# ---------------------------------------------------------------------------------------------- images
-def quantize_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Quantise images in [0, 1] to uint8 exactly as saving them as PNG would (``round(x * 255)``).
-
-    This is diffusers' ``numpy_to_pil`` rounding, so the result equals the pixels of the PIL images a
-    pipeline returns with ``output_type="pil"`` for the same ``output_type="np"`` array.
-
-    Args:
-        images: ``(N, H, W, C)`` numpy array (a pipeline's ``output_type="np"``) or ``(N, C, H, W)`` tensor
-            (``output_type="pt"``), float in [0, 1].
-
-    Returns:
-        A uint8 tensor ``(N, C, H, W)``.
-
-    Raises:
-        ValueError: If the input is not 4-d floating point.
-    """
-    if isinstance(images, torch.Tensor):
-        if images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(
-                f"images must be a float (N, C, H, W) tensor; got {images.dtype} {tuple(images.shape)}."
-            )
-        array = images.detach().cpu().permute(0, 2, 3, 1).numpy()
-    else:
-        array = np.asarray(images)
-        if array.ndim != 4 or array.dtype.kind != "f":
-            raise ValueError(f"images must be a float (N, H, W, C) array; got {array.dtype} {array.shape}.")
-    # The same expression as diffusers' numpy_to_pil, on the same float32 values: identical bytes.
-    pixels = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
-
-
-def to_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Bring uint8 images ``(N, 1 | 3, H, W)`` to three channels (grey is replicated, as PIL's RGB conversion).
-
-    Args:
-        images: uint8 images.
-
-    Returns:
-        uint8 images ``(N, 3, H, W)``.
-
-    Raises:
-        ValueError: For a dtype other than uint8, a wrong rank or a channel count other than 1 or 3.
-    """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        dtype = images.dtype if isinstance(images, torch.Tensor) else None
-        raise ValueError(f"images must be a uint8 tensor (N, C, H, W); got {dtype} {shape}.")
-    if images.shape[1] == 3:
-        return images
-    if images.shape[1] == 1:
-        return images.expand(-1, 3, -1, -1)
-    raise ValueError(f"images have {images.shape[1]} channels; allowed: 1 (grey) or 3 (RGB).")
 
 
 def check_same_geometry(samples_shape: Iterable[int], reference_shape: Iterable[int]) -> None:
