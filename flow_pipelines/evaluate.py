@@ -50,12 +50,12 @@ from .evaluation.frechet import (
     FrechetDistance,
     InceptionFeatureExtractor,
     WeightsUnavailableError,
-    atomic_write,
     check_enough_samples,
     check_same_geometry,
     file_fingerprint,
 )
 from .evaluation.likelihood import DIVERGENCES, METHODS, ModelVelocity, image_bits_per_dim
+from .file_utils import atomic_file
 from .images import quantize_images
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
@@ -484,7 +484,8 @@ def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     Returns:
         The path.
     """
-    atomic_write(path, lambda handle: np.savez(handle, arr_0=images, arr_1=labels))
+    with atomic_file(path) as handle:
+        np.savez(handle, arr_0=images, arr_1=labels)
     return path
 
 
@@ -673,7 +674,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         records.append(_bpd_record(pipeline, bpd_pixels, bpd_labels, args, device))
 
     metrics_path = args.output_dir / "metrics.json"
-    atomic_write(metrics_path, lambda handle: handle.write(json.dumps(records, indent=2).encode()))
+    with atomic_file(metrics_path) as handle:
+        handle.write(json.dumps(records, indent=2).encode())
     for record in records:
         print(f"{record['metric']:>16}: {record['value']:.6g}")
     print(f"wrote {metrics_path}")

@@ -35,8 +35,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..file_utils import atomic_file
 from ..images import to_rgb
 
 INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -742,12 +742,8 @@ class FeatureStatistics:
         """
         path = Path(path)
         meta = np.array(json.dumps(self.metadata, sort_keys=True))
-        atomic_write(
-            path,
-            lambda handle: np.savez(
-                handle, mu=self.mu, sigma=self.sigma, num_samples=self.num_samples, metadata=meta
-            ),
-        )
+        with atomic_file(path) as handle:
+            np.savez(handle, mu=self.mu, sigma=self.sigma, num_samples=self.num_samples, metadata=meta)
         return path
 
     @classmethod
@@ -772,27 +768,6 @@ class FeatureStatistics:
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
             raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not describe one Gaussian.")
         return cls(mu, sigma, num_samples, metadata)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    """Write a file aside and rename it into place, so a crash never leaves a truncated file.
-
-    Args:
-        path: Target file.
-        write: Called with a binary file handle.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
