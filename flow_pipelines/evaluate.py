@@ -19,7 +19,8 @@ folder, a folder of image files, or an ADM reference batch ``.npz``. Reference i
 model's resolution and channels unless ``--resize-reference`` brings them there (the training data's
 transform: resize the shorter side, centre crop, convert channels).
 
-The metrics and their protocols are described in :mod:`flow_pipelines.evaluation.frechet` and
+The metrics and their protocols are described in :mod:`flow_pipelines.evaluation.frechet` (with
+:mod:`~flow_pipelines.evaluation.inception` and :mod:`~flow_pipelines.evaluation.dinov2`) and
 :mod:`flow_pipelines.evaluation.likelihood`.
 """
 
@@ -40,22 +41,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation.frechet import (
-    DINOV2_DEFAULT_MODEL,
-    DINOV2_POOLINGS,
-    INCEPTION_FEATURE_DIMS,
-    DinoV2FeatureExtractor,
-    FeatureExtractor,
-    FeatureStatistics,
-    FrechetDistance,
-    InceptionFeatureExtractor,
-    WeightsUnavailableError,
-    check_enough_samples,
-    check_same_geometry,
-    file_fingerprint,
-)
+from .evaluation.dinov2 import DINOV2_DEFAULT_MODEL, DINOV2_POOLINGS, DinoV2FeatureExtractor
+from .evaluation.features import FeatureExtractor, WeightsUnavailableError
+from .evaluation.frechet import FeatureStatistics, FrechetDistance, check_enough_samples, check_same_geometry
+from .evaluation.inception import INCEPTION_FEATURE_DIMS, InceptionFeatureExtractor
 from .evaluation.likelihood import DIVERGENCES, METHODS, ModelVelocity, image_bits_per_dim
-from .file_utils import atomic_file
+from .file_utils import atomic_file, file_fingerprint
 from .images import quantize_images
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")

@@ -1,14 +1,19 @@
-"""Atomic writes of files and folders: a crash or Ctrl-C never leaves a half-written one where a good one was.
+"""File-system helpers: atomic writes of files and folders, and cheap change detection.
 
-Both helpers write into a hidden staging sibling of the target (``.<name>.tmp-<token>``: same folder, so
+Atomic writes: a crash or Ctrl-C never leaves a half-written file or folder where a good one was. Both
+:func:`atomic_file` and :func:`atomic_directory` write into a hidden staging sibling of the target (``.<name>.tmp-<token>``: same folder, so
 same file system, so the final move is a rename), flush it to disk and rename it into place only when the
 block finished without error; on any exception, ``KeyboardInterrupt`` included, the staging copy is removed
 and the target is left as it was.
+
+Change detection: :func:`file_fingerprint` (sizes and modification times) keys caches of what was computed
+from a file or folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -104,3 +109,22 @@ def atomic_file(target: str | os.PathLike) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staging, target)
+
+
+def file_fingerprint(path: Path) -> str:
+    """Size and modification time of a file, or of every file below a folder: cheap change detection.
+
+    Args:
+        path: A file or folder.
+
+    Returns:
+        A short string that changes when a file is added, removed, resized or rewritten.
+    """
+    if path.is_file():
+        stat = path.stat()
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+    digest = hashlib.sha1()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]

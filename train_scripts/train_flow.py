@@ -1211,7 +1211,8 @@ class FlowTrainer:
             )
             return None
         if metric == "fd_dinov2":
-            from flow_pipelines.evaluation.frechet import DinoV2FeatureExtractor, check_enough_samples
+            from flow_pipelines.evaluation.dinov2 import DinoV2FeatureExtractor
+            from flow_pipelines.evaluation.frechet import check_enough_samples
 
             # Loaded now so that a bad folder or too few samples fail before training, not at the first eval.
             self._extractor = DinoV2FeatureExtractor.from_pretrained(args.eval_extractor).to(self.device)
