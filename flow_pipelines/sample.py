@@ -12,114 +12,18 @@ random class. Column ``k`` of every row starts from the same noise (seed ``seed 
 from __future__ import annotations
 
 import argparse
-import inspect
 import random
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from diffusers import (
-    DPMSolverMultistepScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FlowMatchHeunDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .pipelines import FlowPipeline
-from .schedulers import FlowEulerScheduler, FlowHeunScheduler, FlowMultistepScheduler, FlowSDEScheduler
+from .cli_utils import DTYPES, check_positive, default_device, exit_status, load_pipeline
+from .schedulers import SCHEDULERS, make_scheduler
 from .visualization import make_labelled_grid
 
 RANDOM_CLASS = -1
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
-
-def _shift_of(config: dict[str, Any]) -> float:
-    """The shift of a flow scheduler config: ``shift`` (FlowMatch / ours) or ``flow_shift`` (multistep solvers)."""
-    return float(config.get("shift", config.get("flow_shift", 1.0)))
-
-
-def _from_config(
-    scheduler_class: type[SchedulerMixin], config: dict[str, Any], **overrides: Any
-) -> SchedulerMixin:
-    """``from_config`` with only the keys the class takes, so that no foreign key draws a warning."""
-    accepted = inspect.signature(scheduler_class.__init__).parameters
-    kept = {key: value for key, value in config.items() if key in accepted}
-    return scheduler_class.from_config({**kept, **overrides})
-
-
-def _ours(
-    scheduler_class: type[SchedulerMixin], **settings: Any
-) -> Callable[[dict[str, Any], str], SchedulerMixin]:
-    def build(config: dict[str, Any], prediction_type: str) -> SchedulerMixin:
-        return _from_config(
-            scheduler_class, config, shift=_shift_of(config), prediction_type=prediction_type, **settings
-        )
-
-    return build
-
-
-def _flow_match(scheduler_class: type[SchedulerMixin]) -> Callable[[dict[str, Any], str], SchedulerMixin]:
-    # diffusers' FlowMatch schedulers take velocity only; the pipeline rejects any other model output.
-    def build(config: dict[str, Any], prediction_type: str) -> SchedulerMixin:
-        return _from_config(scheduler_class, config, shift=_shift_of(config))
-
-    return build
-
-
-def _multistep_flow(scheduler_class: type[SchedulerMixin]) -> Callable[[dict[str, Any], str], SchedulerMixin]:
-    # diffusers calls the velocity "flow_prediction"; "sample" and "epsilon" keep their names.
-    def build(config: dict[str, Any], prediction_type: str) -> SchedulerMixin:
-        return _from_config(
-            scheduler_class,
-            config,
-            use_flow_sigmas=True,
-            prediction_type={"velocity": "flow_prediction"}.get(prediction_type, prediction_type),
-            flow_shift=_shift_of(config),
-        )
-
-    return build
-
-
-SCHEDULERS: dict[str, Callable[[dict[str, Any], str], SchedulerMixin]] = {
-    "euler": _ours(FlowEulerScheduler),
-    "heun": _ours(FlowHeunScheduler),
-    "sde": _ours(FlowSDEScheduler),
-    # The few-step solver with the grid it was designed with, whatever grid the saved scheduler used.
-    "multistep": _ours(FlowMultistepScheduler, sigma_schedule="logsnr"),
-    "flowmatch-euler": _flow_match(FlowMatchEulerDiscreteScheduler),
-    "flowmatch-heun": _flow_match(FlowMatchHeunDiscreteScheduler),
-    "dpm": _multistep_flow(DPMSolverMultistepScheduler),
-    "unipc": _multistep_flow(UniPCMultistepScheduler),
-}
-
-
-def make_scheduler(name: str, config: dict[str, Any], prediction_type: str = "velocity") -> SchedulerMixin:
-    """Build a flow scheduler by short name from another scheduler's config.
-
-    Args:
-        name: One of `SCHEDULERS`: ``euler``, ``heun``, ``sde``, ``multistep`` (this package), ``flowmatch-euler``,
-            ``flowmatch-heun`` (diffusers' FlowMatch schedulers), ``dpm``, ``unipc`` (diffusers'
-            multistep solvers in flow mode).
-        config: The config to start from (typically ``pipeline.scheduler.config``); its ``shift`` carries over.
-        prediction_type: What the model predicts (``"velocity"``, ``"sample"`` or ``"epsilon"``).
-
-    Returns:
-        The scheduler.
-
-    Raises:
-        ValueError: For an unknown name.
-    """
-    if name not in SCHEDULERS:
-        raise ValueError(f"scheduler={name!r} is not supported; allowed: {', '.join(SCHEDULERS)}.")
-    return SCHEDULERS[name](dict(config), prediction_type)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,22 +95,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
             out-of-range id, or a model folder that lacks files.
     """
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size} must be >= 1.")
-    if args.steps < 1:
-        raise ValueError(f"--steps {args.steps} must be >= 1.")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-    with warnings.catch_warnings():
-        # `torch_dtype` works on every supported diffusers; newer ones prefer the name `dtype` and say so.
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-        pipeline = FlowPipeline.from_pretrained(str(args.model), torch_dtype=DTYPES[args.dtype]).to(device)
-    # A linear-path model is sampled in its own prediction type; the pipeline maps any other path onto
-    # the straight one and hands the scheduler velocities.
-    prediction_type = "velocity"
-    if getattr(pipeline.transformer.config, "path", "linear") == "linear":
-        prediction_type = getattr(pipeline.transformer.config, "prediction_type", None) or "velocity"
-    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config, prediction_type)
+    check_positive(batch_size=args.batch_size, steps=args.steps)
+    pipeline = load_pipeline(str(args.model), args.dtype, default_device(args.device))
+    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
 
     labels = _parse_labels(args.class_labels, pipeline.null_class_id, args.seed)
     class_ids = pipeline.label_ids(labels)  # validates names and ranges before sampling
@@ -246,12 +137,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 2 for bad input (after printing ``error: ...`` to stderr).
     """
-    try:
-        main(argv)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(main, argv, (ValueError,), failure_status=2)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 from flow_pipelines import FlowPipeline
-from flow_pipelines.evaluate import cli, iter_reference, main, open_reference, reference_indices
+from flow_pipelines.evaluate import cli, main
 from flow_pipelines.evaluation.digits import DigitClassifier
 from flow_pipelines.evaluation.dinov2 import DinoV2FeatureExtractor
 from flow_pipelines.evaluation.features import WeightsUnavailableError
 from flow_pipelines.evaluation.likelihood import ModelVelocity, image_bits_per_dim
+from flow_pipelines.evaluation.reference import iter_reference, open_reference, reference_indices
 from flow_pipelines.images import quantize_images
 
 from .test_frechet import scipy_frechet

@@ -28,7 +28,7 @@ from flow_pipelines.paths import (
     get_path,
     path_from_config,
 )
-from flow_pipelines.sample import SCHEDULERS, make_scheduler
+from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
 from tests.test_conversion import RefDiT, perturbed, tiny_diffusers_dit
 
 GAUSSIAN = GaussianFlow(mean=torch.tensor([1.5, -2.0, 0.3, 0.0]), std=torch.tensor([0.2, 0.5, 1.3, 1.0]))

@@ -25,7 +25,7 @@ from flow_pipelines import (
     FlowPipeline,
     FlowSDEScheduler,
 )
-from flow_pipelines.sample import SCHEDULERS, make_scheduler
+from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
 
 
 @contextlib.contextmanager

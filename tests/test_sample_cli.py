@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flow_pipelines.sample import SCHEDULERS, _parse_labels, main, make_scheduler, run
+from flow_pipelines.sample import _parse_labels, main, run
+from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
 from flow_pipelines.visualization import make_labelled_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
