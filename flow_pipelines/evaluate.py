@@ -3,7 +3,7 @@
 Example::
 
     python -m flow_pipelines.evaluate --model outputs/digits --reference sklearn_digits --num-samples 10000 \\
-        --scheduler heun --steps 30 --guidance 1.5 --metrics fid fd_dinov2 digits_accuracy bpd \\
+        --scheduler heun --steps 30 --guidance 1.5 --metrics fid fd_dinov2 digit_accuracy bpd \\
         --output-dir outputs/digits/eval
 
 Samples are drawn balanced over the classes (sample ``i`` has class ``i mod K``), each from its own
@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,24 +53,36 @@ from .images import quantize_images
 from .schedulers import SCHEDULERS, make_scheduler
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
-METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digits_accuracy", "bpd")
+METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digit_accuracy", "bpd")
+DEPRECATED_METRICS: dict[str, str] = {"digits_accuracy": "digit_accuracy"}
+"""Former metric names, still accepted with a FutureWarning: old name -> current name."""
 DEFAULT_STATS_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flow_pipelines" / "reference_stats"
 )
 
 
 def check_metrics(metrics: Sequence[str]) -> list[str]:
-    """Validate metric names (order kept, duplicates dropped).
+    """Validate metric names (order kept, duplicates dropped, former names replaced by the current ones).
 
     Args:
         metrics: Requested names.
 
     Returns:
-        The names, deduplicated.
+        The current names, deduplicated.
 
     Raises:
         ValueError: For an unknown name, listing the known ones.
+
+    Warns:
+        FutureWarning: For a former name (see :data:`DEPRECATED_METRICS`), naming its replacement.
     """
+    for former in (m for m in metrics if m in DEPRECATED_METRICS):
+        warnings.warn(
+            f"The metric name {former!r} is deprecated; use {DEPRECATED_METRICS[former]!r}.",
+            FutureWarning,
+            stacklevel=2,
+        )
+    metrics = [DEPRECATED_METRICS.get(m, m) for m in metrics]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(
@@ -411,9 +424,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
     geometry = _output_geometry(pipeline)
-    if "digits_accuracy" in metrics and pipeline.null_class_id != 10:
+    if "digit_accuracy" in metrics and pipeline.null_class_id != 10:
         raise ValueError(
-            f"digits_accuracy needs a 10-class digit model; this one has {pipeline.null_class_id} classes."
+            f"digit_accuracy needs a 10-class digit model; this one has {pipeline.null_class_id} classes."
         )
     if "bpd" in metrics and pipeline.vae is not None:
         raise ValueError(
@@ -445,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     records: list[dict[str, Any]] = []
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    if frechet or "digits_accuracy" in metrics:
+    if frechet or "digit_accuracy" in metrics:
         images, labels = generate_samples(
             pipeline, args.num_samples, args.batch_size, args.steps, args.guidance, args.seed
         )
@@ -465,8 +478,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     extractor=distance.extractor.identifier,
                 )
             )
-        if "digits_accuracy" in metrics:
-            records.append(_digits_record(pixels, labels, geometry, args))
+        if "digit_accuracy" in metrics:
+            records.append(_digit_accuracy_record(pixels, labels, geometry, args))
 
     if "bpd" in metrics:
         records.append(_bpd_record(pipeline, bpd_pixels, bpd_labels, args, device))
@@ -480,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     return records
 
 
-def _digits_record(
+def _digit_accuracy_record(
     pixels: torch.Tensor, labels: np.ndarray, geometry: tuple[int, int, int], args: argparse.Namespace
 ) -> dict[str, Any]:
     from .evaluation.digits import DigitClassifier
@@ -490,7 +503,7 @@ def _digits_record(
     correct = predictions == labels
     per_class = [float(correct[labels == digit].mean()) for digit in range(10) if (labels == digit).any()]
     return _record(
-        "digits_accuracy",
+        "digit_accuracy",
         float(correct.mean()),
         args,
         per_class_min_accuracy=min(per_class),
