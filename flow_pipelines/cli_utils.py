@@ -10,12 +10,10 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .pipelines import FlowPipeline
+from .pipelines import FlowPipeline
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -51,9 +49,6 @@ def load_pipeline(model: str, dtype: str, device: torch.device) -> FlowPipeline:
     Raises:
         ValueError: If a local folder lacks a file the pipeline needs.
     """
-    # Imported here so that a CLI's --help and argument errors do not wait for diffusers.
-    from .pipelines import FlowPipeline
-
     with warnings.catch_warnings():
         # `torch_dtype` works on every supported diffusers; newer ones prefer the name `dtype` and say so.
         warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)

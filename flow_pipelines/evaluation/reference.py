@@ -64,6 +64,7 @@ def open_reference(spec: str, split: str = "train") -> ReferenceSource:
     Raises:
         ValueError: For an ``.npz`` without uint8 ``arr_0``, an empty folder, or a dataset without an image column.
     """
+    # Only dataset references need the training data loaders (and through them `datasets`).
     from ..training.data import IMAGE_COLUMN_CANDIDATES, LABEL_COLUMN_CANDIDATES, load_image_dataset
 
     path = Path(spec)
