@@ -78,7 +78,17 @@ class FeatureExtractor(nn.Module):
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`extract` (after checking the input), in full float32 precision (TF32 off)."""
+        """Same as :meth:`extract` (after checking the input), in full float32 precision (TF32 off).
+
+        Args:
+            images: uint8 ``(N, 3, H, W)``.
+
+        Returns:
+            ``(N, num_features)`` float features.
+
+        Raises:
+            ValueError: For images that are not uint8 ``(N, 3, H, W)``.
+        """
         with ieee_float32():
             return self.extract(self.check_input(images))
 

@@ -128,7 +128,14 @@ def load_image_dataset(
 
 
 def dataset_column_names(dataset: Any) -> list[str]:
-    """Column names of a ``Dataset`` or ``IterableDataset`` (from its features when they are known)."""
+    """Column names of a ``Dataset`` or ``IterableDataset`` (from its features when they are known).
+
+    Args:
+        dataset: The dataset.
+
+    Returns:
+        Its column names; a streamed dataset without known features is asked for its first row.
+    """
     if getattr(dataset, "features", None) is not None:
         return list(dataset.features)
     names = getattr(dataset, "column_names", None)
@@ -360,7 +367,11 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for this epoch (called by the data loader)."""
+        """Reshuffle for this epoch (called by the data loader).
+
+        Args:
+            epoch: The epoch; it is added to the shuffle seed.
+        """
         self.epoch = epoch
         self.dataset.set_epoch(epoch)
 
@@ -492,7 +503,14 @@ class TrainingData:
 
 
 def describe_source(config: DataConfig) -> str:
-    """A short description of where the data comes from (dataset name, folder or the digits)."""
+    """A short description of where the data comes from (dataset name, folder or the digits).
+
+    Args:
+        config: The data settings.
+
+    Returns:
+        The description, for logs and the model card.
+    """
     if config.train_data_dir is not None:
         return f"image folder {config.train_data_dir}"
     if config.dataset_name is None or config.dataset_name == DIGITS_DATASET:
