@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from flow_pipelines import DiTModel, FlowPipeline
-from flow_pipelines.sample import make_scheduler
+from flow_pipelines.schedulers import make_scheduler
 
 PRESETS: dict[str, dict] = {
     # DiT paper's S/2 on the SD-VAE latents of 256 px images.

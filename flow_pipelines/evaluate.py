@@ -3,7 +3,7 @@
 Example::
 
     python -m flow_pipelines.evaluate --model outputs/digits --reference sklearn_digits --num-samples 10000 \\
-        --scheduler heun --steps 30 --guidance 1.5 --metrics fid fd_dinov2 digits_accuracy bpd \\
+        --scheduler heun --steps 30 --guidance 1.5 --metrics fid fd_dinov2 digit_accuracy bpd \\
         --output-dir outputs/digits/eval
 
 Samples are drawn balanced over the classes (sample ``i`` has class ``i mod K``), each from its own
@@ -19,7 +19,8 @@ folder, a folder of image files, or an ADM reference batch ``.npz``. Reference i
 model's resolution and channels unless ``--resize-reference`` brings them there (the training data's
 transform: resize the shorter side, centre crop, convert channels).
 
-The metrics and their protocols are described in :mod:`flow_pipelines.evaluation.frechet` and
+The metrics and their protocols are described in :mod:`flow_pipelines.evaluation.frechet` (with
+:mod:`~flow_pipelines.evaluation.inception` and :mod:`~flow_pipelines.evaluation.dinov2`) and
 :mod:`flow_pipelines.evaluation.likelihood`.
 """
 
@@ -31,8 +32,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,47 +41,49 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation.frechet import (
-    DINOV2_DEFAULT_MODEL,
-    DINOV2_POOLINGS,
-    INCEPTION_FEATURE_DIMS,
-    DinoV2FeatureExtractor,
-    FeatureExtractor,
-    FeatureStatistics,
-    FrechetDistance,
-    InceptionFeatureExtractor,
-    WeightsUnavailableError,
-    atomic_write,
-    check_enough_samples,
-    check_same_geometry,
-    file_fingerprint,
-    quantize_images,
-)
+from .cli_utils import DTYPES, check_positive, default_device, exit_status, load_pipeline
+from .evaluation.dinov2 import DINOV2_DEFAULT_MODEL, DINOV2_POOLINGS, DinoV2FeatureExtractor
+from .evaluation.features import FeatureExtractor, WeightsUnavailableError
+from .evaluation.frechet import FeatureStatistics, FrechetDistance, check_enough_samples, check_same_geometry
+from .evaluation.inception import INCEPTION_FEATURE_DIMS, InceptionFeatureExtractor
 from .evaluation.likelihood import DIVERGENCES, METHODS, image_bits_per_dim
+from .evaluation.reference import ReferenceSource, iter_reference, open_reference, reference_indices
+from .file_utils import atomic_file
 from .guidance import GuidedVelocity
+from .images import quantize_images
+from .schedulers import SCHEDULERS, make_scheduler
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
-METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digits_accuracy", "bpd")
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digit_accuracy", "bpd")
+DEPRECATED_METRICS: dict[str, str] = {"digits_accuracy": "digit_accuracy"}
+"""Former metric names, still accepted with a FutureWarning: old name -> current name."""
 DEFAULT_STATS_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flow_pipelines" / "reference_stats"
 )
-# A fixed seed for choosing a reference subset: reference statistics must not depend on --seed.
-_REFERENCE_SUBSET_SEED = 0
 
 
 def check_metrics(metrics: Sequence[str]) -> list[str]:
-    """Validate metric names (order kept, duplicates dropped).
+    """Validate metric names (order kept, duplicates dropped, former names replaced by the current ones).
 
     Args:
         metrics: Requested names.
 
     Returns:
-        The names, deduplicated.
+        The current names, deduplicated.
 
     Raises:
         ValueError: For an unknown name, listing the known ones.
+
+    Warns:
+        FutureWarning: For a former name (see :data:`DEPRECATED_METRICS`), naming its replacement.
     """
+    for former in (m for m in metrics if m in DEPRECATED_METRICS):
+        warnings.warn(
+            f"The metric name {former!r} is deprecated; use {DEPRECATED_METRICS[former]!r}.",
+            FutureWarning,
+            stacklevel=2,
+        )
+    metrics = [DEPRECATED_METRICS.get(m, m) for m in metrics]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(
@@ -104,186 +107,6 @@ def balanced_labels(num_samples: int, num_classes: int) -> list[int]:
     return [i % num_classes for i in range(num_samples)]
 
 
-# ---------------------------------------------------------------------------------------------- reference
-@dataclass
-class ReferenceSource:
-    """A reference image set: how to read it and how to name it in cache keys.
-
-    Args:
-        spec: What was given on the command line.
-        kind: ``"npz"``, ``"folder"`` or ``"dataset"``.
-        identity: A string that changes when the set's contents may have (path and file fingerprint, or name).
-        num_images: Images available.
-        items: The images: an NHWC array (npz), file paths (folder) or a ``datasets.Dataset``.
-        labels: Class ids per image, or None.
-        image_column: The dataset's image column.
-    """
-
-    spec: str
-    kind: str
-    identity: str
-    num_images: int
-    items: Any = None
-    labels: Any = None
-    image_column: str | None = None
-
-
-def open_reference(spec: str, split: str = "train") -> ReferenceSource:
-    """Open a reference set without decoding it.
-
-    Args:
-        spec: ``sklearn_digits``, a ``datasets`` name or ``save_to_disk`` folder, a folder of images, or an
-            ADM-style ``.npz`` (``arr_0`` uint8 NHWC, optional ``arr_1`` labels).
-        split: Dataset split.
-
-    Returns:
-        The source.
-
-    Raises:
-        ValueError: For an ``.npz`` without uint8 ``arr_0``, an empty folder, or a dataset without an image column.
-    """
-    from .training.data import IMAGE_COLUMN_CANDIDATES, LABEL_COLUMN_CANDIDATES, load_image_dataset
-
-    path = Path(spec)
-    if path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            if "arr_0" not in data:
-                raise ValueError(
-                    f"{spec} holds {sorted(data.files)}; a reference batch needs 'arr_0' (uint8 NHWC)."
-                )
-            images = data["arr_0"]
-            labels = data["arr_1"] if "arr_1" in data else None
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"{spec}: arr_0 is {images.dtype} {images.shape}; expected uint8 (N, H, W, C).")
-        identity = f"npz:{path.resolve()}@{file_fingerprint(path)}"
-        return ReferenceSource(spec, "npz", identity, len(images), images, labels)
-    saved_dataset = (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
-    if path.is_dir() and not saved_dataset:
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise ValueError(
-                f"The reference folder {spec} holds no image files ({', '.join(IMAGE_SUFFIXES)})."
-            )
-        identity = f"folder:{path.resolve()}@{file_fingerprint(path)}"
-        return ReferenceSource(spec, "folder", identity, len(files), files)
-
-    import datasets
-
-    dataset = load_image_dataset(dataset_name=spec, split=split)
-    columns = list(dataset.features)
-    image_column = next((c for c in IMAGE_COLUMN_CANDIDATES if c in columns), None)
-    if image_column is None:
-        raise ValueError(
-            f"The reference dataset {spec!r} has no image column (looked for {IMAGE_COLUMN_CANDIDATES})."
-        )
-    if isinstance(dataset.features[image_column], datasets.Image):
-        # Read the encoded bytes and decode here, so a corrupt file is reported by name.
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    label_column = next((c for c in LABEL_COLUMN_CANDIDATES if c in columns), None)
-    labels = np.asarray(dataset[label_column]) if label_column is not None else None
-    identity = f"dataset:{Path(spec).resolve() if path.exists() else spec}:{split}"
-    if path.exists():
-        identity += f"@{file_fingerprint(path)}"
-    source = ReferenceSource(spec, "dataset", identity, len(dataset), dataset, labels, image_column)
-    return source
-
-
-def reference_indices(num_available: int, num_images: int | None) -> np.ndarray:
-    """Which reference images to use: all, or a fixed-seed random subset (independent of ``--seed``).
-
-    Args:
-        num_available: Images in the set.
-        num_images: How many to use (None: all).
-
-    Returns:
-        Indices, sorted.
-
-    Raises:
-        ValueError: If more are requested than available.
-    """
-    if num_images is None or num_images == num_available:
-        return np.arange(num_available)
-    if num_images > num_available:
-        raise ValueError(
-            f"--num-reference {num_images} exceeds the {num_available} reference images available."
-        )
-    rng = np.random.default_rng(_REFERENCE_SUBSET_SEED)
-    return np.sort(rng.choice(num_available, size=num_images, replace=False))
-
-
-def iter_reference(
-    source: ReferenceSource,
-    indices: np.ndarray,
-    batch_size: int,
-    resize_to: tuple[int, int] | None = None,
-    interpolation: str = "bilinear",
-) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
-    """Decode reference images in batches as uint8 ``(B, C, H, W)``.
-
-    Without ``resize_to`` images keep their size and become grey (1 channel) or RGB (3; alpha composited on
-    white); with it they take the training transform (shorter side resized, centre crop, channel conversion).
-
-    Args:
-        source: The reference.
-        indices: Which images.
-        batch_size: Images per batch.
-        resize_to: ``(resolution, channels)`` to bring images to, or None.
-        interpolation: Resize filter name (``bilinear``, ``bicubic``, ...).
-
-    Yields:
-        ``(pixels, labels)``; labels are None when the set has none.
-
-    Raises:
-        ValueError: For images of different sizes without ``resize_to``, or an unreadable image.
-    """
-    from PIL import Image
-
-    from .training.data import ImageTransform, convert_channels, decode_image, image_channels
-
-    transform = ImageTransform(resize_to[0], resize_to[1], True, interpolation) if resize_to else None
-    first_shape: tuple[int, ...] | None = None
-
-    def to_pixels(image: Image.Image, where: str) -> torch.Tensor:
-        nonlocal first_shape
-        if transform is not None:
-            return transform(image)
-        channels = 1 if image_channels(image) == 1 else 3
-        array = np.asarray(convert_channels(image, channels), dtype=np.uint8)
-        pixels = torch.from_numpy(array.reshape(*array.shape[:2], channels).copy()).permute(2, 0, 1)
-        if first_shape is None:
-            first_shape = tuple(pixels.shape)
-        elif tuple(pixels.shape) != first_shape:
-            raise ValueError(
-                f"Reference image {where} is {tuple(pixels.shape)} (C, H, W) but the first one is {first_shape}; "
-                "pass --resize-reference to bring all to the model's resolution."
-            )
-        return pixels
-
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        labels = np.asarray(source.labels)[chunk] if source.labels is not None else None
-        if source.kind == "npz" and transform is None:
-            array = source.items[chunk]
-            if array.shape[-1] not in (1, 3):
-                raise ValueError(f"{source.spec}: images have {array.shape[-1]} channels; allowed: 1 or 3.")
-            yield torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2), labels
-            continue
-        batch = []
-        for index in chunk.tolist():
-            if source.kind == "npz":
-                array = source.items[index]
-                image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-                where = f"{index} of {source.spec}"
-            elif source.kind == "folder":
-                where = str(source.items[index])
-                image = decode_image({"path": where, "bytes": None}, where)
-            else:
-                where = f"row {index} of {source.spec}"
-                image = decode_image(source.items[index][source.image_column], where)
-            batch.append(to_pixels(image, where))
-        yield torch.stack(batch), labels
-
-
 # ---------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface.
@@ -291,8 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The argument parser.
     """
-    from .sample import DTYPES, SCHEDULERS
-
     parser = argparse.ArgumentParser(
         prog="python -m flow_pipelines.evaluate",
         description="Evaluate a saved FlowPipeline: FID, FD-DINOv2, digit accuracy, bits per dimension.",
@@ -392,12 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_positive(**values: int | None) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 1.")
-
-
 def _output_geometry(pipeline: Any) -> tuple[int, int, int]:
     """(channels, height, width) of the images the pipeline returns."""
     sample_size = pipeline.transformer.config.sample_size
@@ -485,7 +300,8 @@ def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     Returns:
         The path.
     """
-    atomic_write(path, lambda handle: np.savez(handle, arr_0=images, arr_1=labels))
+    with atomic_file(path) as handle:
+        np.savez(handle, arr_0=images, arr_1=labels)
     return path
 
 
@@ -586,13 +402,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             model without 10 classes, or bits per dimension on a latent (VAE) model.
         WeightsUnavailableError: If a feature extractor's weights cannot be fetched.
     """
-    from .pipelines import FlowPipeline
-    from .sample import DTYPES
-    from .schedulers import make_scheduler
-
     args = build_parser().parse_args(argv)
     metrics = check_metrics(args.metrics)
-    _check_positive(
+    check_positive(
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         steps=args.steps,
@@ -607,15 +419,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError(f"--bpd-sigma-min {args.bpd_sigma_min} must lie in [0, 1).")
     if args.bpd_rho < 1.0:
         raise ValueError(f"--bpd-rho {args.bpd_rho} must be >= 1 (1 is a uniform grid).")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(args.device)
 
-    pipeline = FlowPipeline.from_pretrained(str(args.model), dtype=DTYPES[args.dtype]).to(device)
+    pipeline = load_pipeline(str(args.model), args.dtype, device)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
     geometry = _output_geometry(pipeline)
-    if "digits_accuracy" in metrics and pipeline.null_class_id != 10:
+    if "digit_accuracy" in metrics and pipeline.null_class_id != 10:
         raise ValueError(
-            f"digits_accuracy needs a 10-class digit model; this one has {pipeline.null_class_id} classes."
+            f"digit_accuracy needs a 10-class digit model; this one has {pipeline.null_class_id} classes."
         )
     if "bpd" in metrics and pipeline.vae is not None:
         raise ValueError(
@@ -647,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     records: list[dict[str, Any]] = []
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    if frechet or "digits_accuracy" in metrics:
+    if frechet or "digit_accuracy" in metrics:
         images, labels = generate_samples(
             pipeline, args.num_samples, args.batch_size, args.steps, args.guidance, args.seed
         )
@@ -667,23 +479,24 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     extractor=distance.extractor.identifier,
                 )
             )
-        if "digits_accuracy" in metrics:
-            records.append(_digits_record(pixels, labels, geometry, args))
+        if "digit_accuracy" in metrics:
+            records.append(_digit_accuracy_record(pixels, labels, geometry, args))
 
     if "bpd" in metrics:
         records.append(_bpd_record(pipeline, bpd_pixels, bpd_labels, args, device))
 
     metrics_path = args.output_dir / "metrics.json"
-    atomic_write(metrics_path, lambda handle: handle.write(json.dumps(records, indent=2).encode()))
+    with atomic_file(metrics_path) as handle:
+        handle.write(json.dumps(records, indent=2).encode())
     for record in records:
         print(f"{record['metric']:>16}: {record['value']:.6g}")
     print(f"wrote {metrics_path}")
     return records
 
 
-def _digits_record(
+def _digit_accuracy_record(
     pixels: torch.Tensor, labels: np.ndarray, geometry: tuple[int, int, int], args: argparse.Namespace
-):
+) -> dict[str, Any]:
     from .evaluation.digits import DigitClassifier
 
     classifier = DigitClassifier.fit()
@@ -691,7 +504,7 @@ def _digits_record(
     correct = predictions == labels
     per_class = [float(correct[labels == digit].mean()) for digit in range(10) if (labels == digit).any()]
     return _record(
-        "digits_accuracy",
+        "digit_accuracy",
         float(correct.mean()),
         args,
         per_class_min_accuracy=min(per_class),
@@ -763,12 +576,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 1 after an ``error: ...`` message.
     """
-    try:
-        main(argv)
-    except (ValueError, WeightsUnavailableError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(main, argv, (ValueError, WeightsUnavailableError), failure_status=1)
 
 
 if __name__ == "__main__":

@@ -14,22 +14,16 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from .pipelines import FlowPipeline
+from .cli_utils import DTYPES, check_positive, default_device, exit_status, load_pipeline
 from .schedulers import SCHEDULERS, make_scheduler
 from .visualization import make_labelled_grid
 
 RANDOM_CLASS = -1
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,16 +95,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             out-of-range id, or a model folder that lacks files.
     """
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size} must be >= 1.")
-    if args.steps < 1:
-        raise ValueError(f"--steps {args.steps} must be >= 1.")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-    with warnings.catch_warnings():
-        # `torch_dtype` works on every supported diffusers; newer ones prefer the name `dtype` and say so.
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-        pipeline = FlowPipeline.from_pretrained(str(args.model), torch_dtype=DTYPES[args.dtype]).to(device)
+    check_positive(batch_size=args.batch_size, steps=args.steps)
+    pipeline = load_pipeline(str(args.model), args.dtype, default_device(args.device))
     pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
 
     labels = _parse_labels(args.class_labels, pipeline.null_class_id, args.seed)
@@ -151,12 +137,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 2 for bad input (after printing ``error: ...`` to stderr).
     """
-    try:
-        main(argv)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(main, argv, (ValueError,), failure_status=2)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,14 @@ import torch
 from PIL import Image
 
 from flow_pipelines import FlowPipeline
-from flow_pipelines.evaluate import cli, iter_reference, main, open_reference, reference_indices
+from flow_pipelines.evaluate import check_metrics, cli, main
 from flow_pipelines.evaluation.digits import DigitClassifier
-from flow_pipelines.evaluation.frechet import DinoV2FeatureExtractor, WeightsUnavailableError, quantize_images
+from flow_pipelines.evaluation.dinov2 import DinoV2FeatureExtractor
+from flow_pipelines.evaluation.features import WeightsUnavailableError
 from flow_pipelines.evaluation.likelihood import image_bits_per_dim
+from flow_pipelines.evaluation.reference import iter_reference, open_reference, reference_indices
 from flow_pipelines.guidance import GuidedVelocity
+from flow_pipelines.images import quantize_images
 
 from .test_frechet import scipy_frechet
 
@@ -63,7 +66,7 @@ def test_evaluate_end_to_end_matches_direct_computations(tmp_path, saved_pipelin
         "--model", str(model),
         "--reference", "sklearn_digits",
         "--num-reference", "40",
-        "--metrics", "fd_dinov2", "digits_accuracy", "bpd",
+        "--metrics", "fd_dinov2", "digit_accuracy", "bpd",
         "--num-samples", "30",
         "--batch-size", "16",
         "--scheduler", "euler",
@@ -80,7 +83,7 @@ def test_evaluate_end_to_end_matches_direct_computations(tmp_path, saved_pipelin
     ]  # fmt: skip
     records = main(argv)
 
-    assert [r["metric"] for r in records] == ["fd_dinov2", "digits_accuracy", "bpd"]
+    assert [r["metric"] for r in records] == ["fd_dinov2", "digit_accuracy", "bpd"]
     assert json.loads((out / "metrics.json").read_text()) == records
     for record in records:
         assert {
@@ -222,9 +225,14 @@ def test_reference_sources_give_the_same_pixels(tmp_path):
 # ---------------------------------------------------------------------------------------------- bad input
 def test_unknown_metric_lists_the_known_ones():
     with pytest.raises(
-        ValueError, match=r"'inception_score'.*known metrics: fid, fd_dinov2, digits_accuracy, bpd"
+        ValueError, match=r"'inception_score'.*known metrics: fid, fd_dinov2, digit_accuracy, bpd"
     ):
         main(["--model", "unused", "--metrics", "fid", "inception_score"])
+
+
+def test_the_former_digit_metric_name_is_accepted_with_a_deprecation_warning():
+    with pytest.warns(FutureWarning, match="'digits_accuracy' is deprecated; use 'digit_accuracy'"):
+        assert check_metrics(["digits_accuracy", "fid", "digit_accuracy"]) == ["digit_accuracy", "fid"]
 
 
 def test_too_few_samples_for_the_feature_dimension(tmp_path, saved_pipeline, dinov2_folder):
@@ -270,8 +278,11 @@ def test_reference_of_another_resolution_or_channel_count_is_refused(
 
 
 def test_metrics_that_do_not_apply_to_the_model_are_refused(tmp_path, saved_pipeline):
-    with pytest.raises(ValueError, match="10-class digit model; this one has 5"):
-        main(["--model", str(saved_pipeline(num_classes=5)), "--metrics", "digits_accuracy"])
+    with pytest.raises(ValueError, match="digit_accuracy needs a 10-class digit model; this one has 5"):
+        main(["--model", str(saved_pipeline(num_classes=5)), "--metrics", "digit_accuracy"])
+    with pytest.warns(FutureWarning, match="use 'digit_accuracy'"):
+        with pytest.raises(ValueError, match="digit_accuracy needs a 10-class digit model; this one has 5"):
+            main(["--model", str(saved_pipeline(num_classes=5)), "--metrics", "digits_accuracy"])
     with pytest.raises(ValueError, match="bpd is defined for pixel-space models"):
         main(["--model", str(saved_pipeline("latent", vae=True, in_channels=4)), "--metrics", "bpd"])
     with pytest.raises(ValueError, match="--num-samples 0 must be >= 1"):

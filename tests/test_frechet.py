@@ -9,22 +9,17 @@ import scipy.linalg
 import torch
 from PIL import Image
 
+from flow_pipelines.evaluation.dinov2 import DinoV2FeatureExtractor
+from flow_pipelines.evaluation.features import FeatureExtractor, WeightsUnavailableError, ieee_float32
 from flow_pipelines.evaluation.frechet import (
-    DinoV2FeatureExtractor,
-    FeatureExtractor,
     FeatureStatistics,
-    FIDInceptionV3,
     FrechetDistance,
-    InceptionFeatureExtractor,
-    WeightsUnavailableError,
     check_enough_samples,
     check_same_geometry,
     frechet_distance,
-    ieee_float32,
-    quantize_images,
-    resize_bilinear_tf1,
-    to_rgb,
 )
+from flow_pipelines.evaluation.inception import FIDInceptionV3, InceptionFeatureExtractor, resize_bilinear_tf1
+from flow_pipelines.images import quantize_images, to_rgb
 
 
 def scipy_frechet(features_a: np.ndarray, features_b: np.ndarray) -> float:

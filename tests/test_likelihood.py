@@ -19,7 +19,7 @@ from flow_pipelines.evaluation.likelihood import (
     velocity_divergence,
 )
 from flow_pipelines.guidance import GuidedVelocity
-from flow_pipelines.training.data import dequantize, pixels_to_model_range
+from flow_pipelines.images import dequantize, pixels_to_model_range
 
 MEAN = torch.tensor([1.5, -2.0, 0.3, 0.0, 0.7])
 STD = torch.tensor([0.2, 0.5, 1.3, 1.0, 0.35])

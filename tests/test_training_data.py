@@ -10,15 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from flow_pipelines.images import ImageTransform, convert_channels, dequantize, pixels_to_model_range
 from flow_pipelines.training.data import (
     DataConfig,
     EpochShuffleSampler,
-    ImageTransform,
     collate_examples,
-    convert_channels,
-    dequantize,
     load_digits_dataset,
-    pixels_to_model_range,
     prepare_training_data,
     random_flip,
     resolve_columns,

@@ -379,7 +379,7 @@ def test_image_folder_streamed_and_latent_training(train_flow, tmp_path: Path) -
     cache = load_file(str(caches[0]))
     assert cache["means"].shape == (12, 2, 4, 4, 4)  # 12 images, original and mirror, 4 x 4x4 latents
     # The cache holds the encoder's posterior of the centre-cropped 8x8 images (and their mirrors).
-    from flow_pipelines.training.data import ImageTransform, decode_image
+    from flow_pipelines.images import ImageTransform, decode_image
     from flow_pipelines.training.latents import encode_pixels
 
     first = sorted((folder / "cat").iterdir())[0]

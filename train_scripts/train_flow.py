@@ -39,6 +39,7 @@ import torch
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flow_pipelines.images import INTERPOLATION_MODES, dequantize, pixels_to_model_range  # noqa: E402
 from flow_pipelines.paths import PATH_NAMES, PREDICTION_TYPES, AffinePath, get_path  # noqa: E402
 from flow_pipelines.training.checkpointing import (  # noqa: E402
     read_training_state,
@@ -48,12 +49,9 @@ from flow_pipelines.training.checkpointing import (  # noqa: E402
 from flow_pipelines.training.data import (  # noqa: E402
     CACHE_MODES,
     DIGITS_DATASET,
-    INTERPOLATION_MODES,
     DataConfig,
     EpochShuffleSampler,
     collate_examples,
-    dequantize,
-    pixels_to_model_range,
     prepare_training_data,
     random_flip,
 )
@@ -1211,7 +1209,8 @@ class FlowTrainer:
             )
             return None
         if metric == "fd_dinov2":
-            from flow_pipelines.evaluation.frechet import DinoV2FeatureExtractor, check_enough_samples
+            from flow_pipelines.evaluation.dinov2 import DinoV2FeatureExtractor
+            from flow_pipelines.evaluation.frechet import check_enough_samples
 
             # Loaded now so that a bad folder or too few samples fail before training, not at the first eval.
             self._extractor = DinoV2FeatureExtractor.from_pretrained(args.eval_extractor).to(self.device)
@@ -1261,7 +1260,8 @@ class FlowTrainer:
         return float(evaluation["digit_accuracy"])
 
     def _frechet_distance(self) -> float:
-        from flow_pipelines.evaluation.frechet import FrechetDistance, quantize_images
+        from flow_pipelines.evaluation.frechet import FrechetDistance
+        from flow_pipelines.images import quantize_images
 
         args = self.args
         if getattr(self, "_frechet", None) is None:

@@ -1,16 +1,11 @@
 """Evaluation of trained pipelines: digit accuracy (scikit-learn's 8×8 digits), Fréchet distances, likelihood."""
 
+from ..images import quantize_images
 from .digits import DigitClassifier, evaluate_digit_pipeline, to_digit_features
-from .frechet import (
-    DinoV2FeatureExtractor,
-    FeatureExtractor,
-    FeatureStatistics,
-    FrechetDistance,
-    InceptionFeatureExtractor,
-    WeightsUnavailableError,
-    frechet_distance,
-    quantize_images,
-)
+from .dinov2 import DinoV2FeatureExtractor
+from .features import FeatureExtractor, WeightsUnavailableError
+from .frechet import FeatureStatistics, FrechetDistance, frechet_distance
+from .inception import InceptionFeatureExtractor
 from .likelihood import bits_per_dim, image_bits_per_dim, log_likelihood
 
 __all__ = [

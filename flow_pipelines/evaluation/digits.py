@@ -147,7 +147,7 @@ class DigitClassifier:
         """
         from PIL import Image
 
-        from ..training.data import ImageTransform
+        from ..images import ImageTransform
 
         transform = ImageTransform(resolution, 1, center_crop=True, interpolation=interpolation)
         grey = np.rint(self.heldout_images * 255.0).astype(np.uint8)

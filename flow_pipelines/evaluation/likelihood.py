@@ -398,7 +398,7 @@ def image_bits_per_dim(
     Raises:
         ValueError: For non-uint8 pixels, fewer than one image, or labels of the wrong length.
     """
-    from ..training.data import dequantize, pixels_to_model_range
+    from ..images import dequantize, pixels_to_model_range
 
     if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[0] == 0:
         raise ValueError(

@@ -1,10 +1,10 @@
 """Pieces of the flow-matching training script: data loading, the objective, latents and checkpoints."""
 
+from ..images import ImageTransform
 from .checkpointing import list_checkpoints, resolve_resume_checkpoint, save_checkpoint
 from .data import (
     DIGITS_DATASET,
     DataConfig,
-    ImageTransform,
     TrainingData,
     load_digits_dataset,
     load_image_dataset,

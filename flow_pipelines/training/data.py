@@ -1,8 +1,8 @@
 """Training data: image-classification datasets from ``datasets``, image folders, or scikit-learn's digits.
 
 Every source ends as batches ``{"pixels": uint8 (batch, channels, res, res), "class_labels": int64 (batch,)}``;
-the training step turns pixels into [-1, 1] floats (:func:`pixels_to_model_range`). Keeping uint8 until
-then makes batches small and lets a small dataset be decoded once and held in memory
+the training step turns pixels into [-1, 1] floats (:func:`flow_pipelines.images.pixels_to_model_range`).
+Keeping uint8 until then makes batches small and lets a small dataset be decoded once and held in memory
 (:class:`CachedImageDataset`), so that data loading never throttles a fast model.
 
 Sources (:func:`load_image_dataset`):
@@ -14,12 +14,12 @@ Sources (:func:`load_image_dataset`):
 - an image folder, class = sub-folder (``--train_data_dir``, the ``imagefolder`` builder);
 - any of the last two streamed (``streaming=True``): an ``IterableDataset`` sharded over processes.
 
-Images are decoded here (not by ``datasets``) so that a corrupt file is reported by name.
+Images are decoded by this package (:func:`flow_pipelines.images.decode_image`), not by ``datasets``, so that
+a corrupt file is reported by name.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from ..images import ImageTransform, decode_image, image_channels
 
 DIGITS_DATASET = "sklearn_digits"
 """Name of the embedded default dataset: scikit-learn's bundled 8×8 digits (``load_digits``)."""
@@ -36,14 +38,6 @@ DIGITS_DESCRIPTION = "scikit-learn digits (sklearn.datasets.load_digits: 1,797 8
 
 IMAGE_COLUMN_CANDIDATES: tuple[str, ...] = ("image", "img", "images", "picture", "png", "jpg", "jpeg")
 LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "fine_label", "class", "class_label", "target")
-
-INTERPOLATION_MODES: dict[str, Image.Resampling] = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
 CACHE_MODES: tuple[str, ...] = ("auto", "yes", "no")
 
@@ -134,7 +128,14 @@ def load_image_dataset(
 
 
 def dataset_column_names(dataset: Any) -> list[str]:
-    """Column names of a ``Dataset`` or ``IterableDataset`` (from its features when they are known)."""
+    """Column names of a ``Dataset`` or ``IterableDataset`` (from its features when they are known).
+
+    Args:
+        dataset: The dataset.
+
+    Returns:
+        Its column names; a streamed dataset without known features is asked for its first row.
+    """
     if getattr(dataset, "features", None) is not None:
         return list(dataset.features)
     names = getattr(dataset, "column_names", None)
@@ -227,198 +228,7 @@ def prepare_label_column(dataset: Any, label_column: str) -> tuple[Any, dict[int
     )
 
 
-# ------------------------------------------------------------------------------------------ images
-def _describe(value: Any, where: str) -> str:
-    """Name an image for an error message: its file path if known, else its position."""
-    if isinstance(value, dict) and value.get("path"):
-        return f"{value['path']!r} ({where})"
-    return where
-
-
-def decode_image(value: Any, where: str = "an image") -> Image.Image:
-    """Decode one image cell of a dataset: encoded bytes / path (``Image(decode=False)``), PIL image or array.
-
-    Args:
-        value: ``{"bytes": ..., "path": ...}``, a ``PIL.Image``, or an array ``(H, W)`` / ``(H, W, C)``.
-        where: How to name the image in an error (e.g. ``"row 12"``).
-
-    Returns:
-        The fully loaded PIL image.
-
-    Raises:
-        ValueError: If the image cannot be read; the message names its file (or ``where``).
-    """
-    try:
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict):
-            data = value.get("bytes")
-            if data is not None:
-                image = Image.open(io.BytesIO(data))
-            elif value.get("path"):
-                image = Image.open(value["path"])
-            else:
-                raise ValueError("it has neither bytes nor a path")
-        else:
-            array = np.asarray(value)
-            if array.dtype.kind == "f":
-                array = np.clip(array * (255.0 if array.max(initial=0.0) <= 1.0 else 1.0), 0, 255)
-            image = Image.fromarray(np.rint(array).astype(np.uint8) if array.dtype != np.uint8 else array)
-        image.load()
-        return image
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError) as error:
-        raise ValueError(f"Cannot read image {_describe(value, where)}: {error}") from error
-
-
-def image_channels(image: Image.Image) -> int:
-    """Channels an image naturally has: 1 for grey (with or without alpha), 3 for colour, 4 for colour + alpha.
-
-    Args:
-        image: A PIL image.
-
-    Returns:
-        1, 3 or 4.
-    """
-    if image.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
-        return 1
-    if image.mode == "LA":
-        return 1
-    if image.mode in ("RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        return 4
-    return 3
-
-
-def _to_eight_bit(image: Image.Image) -> Image.Image:
-    """Bring 16-bit, 32-bit integer and float images to 8-bit grey."""
-    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
-        return image
-    array = np.asarray(image, dtype=np.float64)
-    if image.mode == "F":
-        scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
-    else:
-        scale = 1.0 / 257.0 if image.mode.startswith("I;16") or array.max(initial=0.0) > 255 else 1.0
-    return Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), mode="L")
-
-
-def convert_channels(image: Image.Image, num_channels: int) -> Image.Image:
-    """Convert an image to 1 (grey), 3 (RGB) or 4 (RGBA) channels.
-
-    Transparency is composited onto white when it is dropped.
-
-    Args:
-        image: A PIL image of any mode.
-        num_channels: 1, 3 or 4.
-
-    Returns:
-        An image of mode ``"L"``, ``"RGB"`` or ``"RGBA"``.
-
-    Raises:
-        ValueError: For another channel count.
-    """
-    if num_channels not in (1, 3, 4):
-        raise ValueError(f"num_channels={num_channels} is not supported; allowed: 1, 3, 4.")
-    image = _to_eight_bit(image)
-    if num_channels == 4:
-        return image.convert("RGBA")
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("L" if num_channels == 1 else "RGB")
-
-
-@dataclass
-class ImageTransform:
-    """Resize (shorter side), crop to a square and convert channels; returns uint8 ``(C, res, res)``.
-
-    Args:
-        resolution: Output side.
-        num_channels: 1, 3 or 4.
-        center_crop: Crop the centre; otherwise a random position (``torch``'s global generator).
-        interpolation: A key of :data:`INTERPOLATION_MODES`.
-
-    Raises:
-        ValueError: For a non-positive resolution or an unknown interpolation.
-    """
-
-    resolution: int
-    num_channels: int
-    center_crop: bool = True
-    interpolation: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.resolution, int) or self.resolution <= 0:
-            raise ValueError(f"resolution={self.resolution!r} must be a positive integer.")
-        if self.interpolation not in INTERPOLATION_MODES:
-            raise ValueError(
-                f"interpolation={self.interpolation!r} is not supported; allowed: {', '.join(INTERPOLATION_MODES)}."
-            )
-        convert_channels(Image.new("L", (1, 1)), self.num_channels)
-
-    def crop_is_free(self, width: int, height: int) -> bool:
-        """Whether an image of this size leaves the crop position a choice (it is not square)."""
-        return width != height
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """Transform one image.
-
-        Args:
-            image: A decoded PIL image.
-
-        Returns:
-            A uint8 tensor ``(num_channels, resolution, resolution)``.
-        """
-        image = convert_channels(image, self.num_channels)
-        width, height = image.size
-        scale = self.resolution / min(width, height)
-        new_size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
-        if new_size != image.size:
-            image = image.resize(new_size, INTERPOLATION_MODES[self.interpolation])
-        width, height = image.size
-        if self.center_crop:
-            left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
-        else:
-            left = int(torch.randint(0, width - self.resolution + 1, ()).item())
-            top = int(torch.randint(0, height - self.resolution + 1, ()).item())
-        if (width, height) != (self.resolution, self.resolution):
-            image = image.crop((left, top, left + self.resolution, top + self.resolution))
-        array = np.asarray(image, dtype=np.uint8)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-def pixels_to_model_range(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Map uint8 pixels 0..255 to the model's range [-1, 1].
-
-    Args:
-        pixels: A uint8 (or integer-valued) tensor.
-        dtype: The floating dtype of the result.
-
-    Returns:
-        ``pixels / 127.5 - 1`` in ``dtype``.
-    """
-    return pixels.to(dtype) / 127.5 - 1.0
-
-
-def dequantize(
-    images: torch.Tensor, generator: torch.Generator | None = None, levels: int = 256
-) -> torch.Tensor:
-    """Uniform dequantization: spread each 8-bit level over its bin (noise one level wide, centred).
-
-    Args:
-        images: Model-range images made from 8-bit pixels (``k / 127.5 - 1``).
-        generator: Random source on the images' device.
-        levels: Quantization levels of the source pixels.
-
-    Returns:
-        ``images + (u - 0.5) * 2 / (levels - 1)``, ``u ~ U[0, 1)`` per element.
-    """
-    noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    return images + (noise - 0.5) * (2.0 / (levels - 1))
-
-
+# ------------------------------------------------------------------------------------------ augmentation
 def random_flip(
     images: torch.Tensor, generator: torch.Generator | None = None, probability: float = 0.5
 ) -> torch.Tensor:
@@ -557,7 +367,11 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for this epoch (called by the data loader)."""
+        """Reshuffle for this epoch (called by the data loader).
+
+        Args:
+            epoch: The epoch; it is added to the shuffle seed.
+        """
         self.epoch = epoch
         self.dataset.set_epoch(epoch)
 
@@ -634,7 +448,7 @@ class DataConfig:
         max_train_samples: Keep only the first N examples.
         streaming: Stream the dataset.
         cache_images: ``"auto"``, ``"yes"`` or ``"no"``: decode once and hold the uint8 images in memory.
-        interpolation: Resize filter, a key of :data:`INTERPOLATION_MODES`.
+        interpolation: Resize filter, a key of :data:`flow_pipelines.images.INTERPOLATION_MODES`.
         seed: Shuffle seed.
         cache_dir: ``datasets`` cache folder.
         dataloader_num_workers: Workers for decoding.
@@ -689,7 +503,14 @@ class TrainingData:
 
 
 def describe_source(config: DataConfig) -> str:
-    """A short description of where the data comes from (dataset name, folder or the digits)."""
+    """A short description of where the data comes from (dataset name, folder or the digits).
+
+    Args:
+        config: The data settings.
+
+    Returns:
+        The description, for logs and the model card.
+    """
     if config.train_data_dir is not None:
         return f"image folder {config.train_data_dir}"
     if config.dataset_name is None or config.dataset_name == DIGITS_DATASET:

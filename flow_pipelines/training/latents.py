@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data import TrainingData, collate_examples, pixels_to_model_range
+from ..images import pixels_to_model_range
+from .data import TrainingData, collate_examples
 
 LATENT_CACHE_FOLDER = "latent_cache"
 
