@@ -10,16 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from flow_pipelines.data_sources import load_digits_dataset, resolve_columns
 from flow_pipelines.images import ImageTransform, convert_channels, dequantize, pixels_to_model_range
-from flow_pipelines.training.data import (
-    DataConfig,
-    EpochShuffleSampler,
-    collate_examples,
-    load_digits_dataset,
-    prepare_training_data,
-    random_flip,
-    resolve_columns,
-)
+from flow_pipelines.training.batches import EpochShuffleSampler, random_flip
+from flow_pipelines.training.data import DataConfig, collate_examples, prepare_training_data
 
 
 def write_image_folder(root: Path, classes: dict[str, list[int]], size: tuple[int, int] = (6, 6)) -> Path:

@@ -18,7 +18,8 @@ from flow_pipelines.analytic import GaussianFlow
 from flow_pipelines.evaluation.likelihood import log_likelihood
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.paths import get_path
-from flow_pipelines.training.objectives import FlowMatchingObjective
+from flow_pipelines.training.architecture import build_model
+from flow_pipelines.training.objectives import FlowMatchingObjective, path_from_args
 
 from .training_support import SCRIPT, TINY, load_training_script, offline_training_env, run  # noqa: F401
 
@@ -78,7 +79,7 @@ def test_exact_path_targets_have_zero_loss_and_the_path_time_has_our_noise_level
 
 # ----------------------------------------------------------------------------------------------- script
 def test_cosine_run_overfits_one_batch_and_saves_a_cosine_pipeline(train_flow, tmp_path: Path) -> None:
-    from flow_pipelines.training.data import load_digits_dataset
+    from flow_pipelines.data_sources import load_digits_dataset
 
     run(
         train_flow, tmp_path, "--max_train_samples", "4", "--overfit_one_batch", "--max_train_steps", "250",
@@ -110,10 +111,10 @@ def test_cosine_run_overfits_one_batch_and_saves_a_cosine_pipeline(train_flow, t
 
 def test_vp_path_flags_reach_the_model_config_and_are_checked(train_flow) -> None:
     args = train_flow.parse_args(["--path", "vp", "--vp_beta_min", "0.2", "--vp_beta_max", "10"])
-    model = train_flow.build_model(args, in_channels=1, sample_size=8, num_classes=10)
+    model = build_model(args, path_from_args(args), in_channels=1, sample_size=8, num_classes=10)
     assert model.config.path == "vp" and model.config.path_kwargs == {"beta_min": 0.2, "beta_max": 10.0}
-    assert train_flow.build_scheduler(args).config.prediction_type == "velocity"
-    linear = train_flow.build_model(train_flow.parse_args([]), in_channels=1, sample_size=8, num_classes=10)
+    default = train_flow.parse_args([])
+    linear = build_model(default, path_from_args(default), in_channels=1, sample_size=8, num_classes=10)
     assert linear.config.path == "linear" and linear.config.path_kwargs is None
     with pytest.raises(ValueError, match="--path vp only"):
         train_flow.parse_args(["--path", "cosine", "--vp_beta_max", "10"])

@@ -16,6 +16,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from flow_pipelines import FlowPipeline
+from flow_pipelines.training.architecture import DIGITS_MODEL_DEFAULTS, model_settings
+from flow_pipelines.training.batches import trains_on_digits
+from flow_pipelines.training.runtime import choose_cpu_threads
 
 from .training_support import REPO, SCRIPT, TINY, load_training_script, offline_training_env, run  # noqa: F401
 
@@ -151,7 +154,7 @@ def test_prediction_type_is_stored_for_sampling(
 
 
 def test_overfitting_one_batch_drives_the_loss_to_zero_and_reproduces_it(train_flow, tmp_path: Path) -> None:
-    from flow_pipelines.training.data import load_digits_dataset
+    from flow_pipelines.data_sources import load_digits_dataset
 
     # The first four digits are 0, 1, 2, 3: one image per class, so each class's target is a single image.
     run(
@@ -480,17 +483,17 @@ def test_push_to_hub_uploads_the_pipeline_only_and_never_writes_the_token(
             assert secret.encode() not in path.read_bytes(), path
 
 
-def test_cpu_thread_choice(train_flow) -> None:
-    assert train_flow.choose_cpu_threads(3, num_processes=2) == 3
-    automatic = train_flow.choose_cpu_threads(None, num_processes=1)
+def test_cpu_thread_choice() -> None:
+    assert choose_cpu_threads(3, num_processes=2) == 3
+    automatic = choose_cpu_threads(None, num_processes=1)
     assert 1 <= automatic <= torch.get_num_threads()
-    assert train_flow.choose_cpu_threads(None, num_processes=64) == 1
+    assert choose_cpu_threads(None, num_processes=64) == 1
     with pytest.raises(ValueError, match="cpu_threads"):
-        train_flow.choose_cpu_threads(0, num_processes=1)
+        choose_cpu_threads(0, num_processes=1)
 
 
 def test_default_flags_describe_the_digits_job(train_flow) -> None:
     args = train_flow.parse_args([])
-    assert train_flow.is_digits(args) and args.resolution == 16 and args.output_dir == "outputs/digits"
-    assert train_flow.model_settings(args) == train_flow.DIGITS_MODEL_DEFAULTS
+    assert trains_on_digits(args) and args.resolution == 16 and args.output_dir == "outputs/digits"
+    assert model_settings(args) == DIGITS_MODEL_DEFAULTS
     assert args.use_ema and args.label_dropout == 0.1 and args.prediction_type == "velocity"

@@ -65,7 +65,7 @@ def open_reference(spec: str, split: str = "train") -> ReferenceSource:
         ValueError: For an ``.npz`` without uint8 ``arr_0``, an empty folder, or a dataset without an image column.
     """
     # Only dataset references need the training data loaders (and through them `datasets`).
-    from ..training.data import IMAGE_COLUMN_CANDIDATES, LABEL_COLUMN_CANDIDATES, load_image_dataset
+    from ..data_sources import IMAGE_COLUMN_CANDIDATES, LABEL_COLUMN_CANDIDATES, load_image_dataset
 
     path = Path(spec)
     if path.suffix == ".npz" and path.is_file():

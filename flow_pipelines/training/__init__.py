@@ -1,41 +1,14 @@
-"""Pieces of the flow-matching training script: data loading, the objective, latents and checkpoints."""
+"""The pieces ``train_scripts/train_flow.py`` calls around its loop, one concept a module; each owns its flags.
 
-from ..images import ImageTransform
-from .checkpointing import list_checkpoints, resolve_resume_checkpoint, save_checkpoint
-from .data import (
-    DIGITS_DATASET,
-    DataConfig,
-    TrainingData,
-    load_digits_dataset,
-    load_image_dataset,
-    prepare_training_data,
-    resolve_columns,
-)
-from .objectives import (
-    LOSS_WEIGHTINGS,
-    TIME_SAMPLING_SCHEMES,
-    FlowMatchingObjective,
-    drop_labels,
-    loss_weights,
-    sample_sigmas,
-)
-
-__all__ = [
-    "DIGITS_DATASET",
-    "LOSS_WEIGHTINGS",
-    "TIME_SAMPLING_SCHEMES",
-    "DataConfig",
-    "FlowMatchingObjective",
-    "ImageTransform",
-    "TrainingData",
-    "drop_labels",
-    "list_checkpoints",
-    "load_digits_dataset",
-    "load_image_dataset",
-    "loss_weights",
-    "prepare_training_data",
-    "resolve_columns",
-    "resolve_resume_checkpoint",
-    "sample_sigmas",
-    "save_checkpoint",
-]
+- ``batches``: data flags, the loader, the resumable batch stream, batches into model space
+- ``data``: training images as torch datasets (decoded, cached in memory, or streamed)
+- ``latents``: VAE latents, encoded once and cached on disk
+- ``architecture``: which DiT is trained (the embedded default, presets, flags)
+- ``objectives``: noise levels, targets and loss weights on the model's path; label dropout
+- ``ema``: the EMA weights, saved beside the model and swapped in for sampling
+- ``checkpointing``: atomic ``checkpoint-<step>`` folders and resuming from them
+- ``runtime``: the accelerator, CPU threads, per-step randomness, throughput, the log file
+- ``tracking``: metrics to ``train_log.jsonl`` and the trackers, images
+- ``validation``: sample grids and the metric of ``--eval_steps``
+- ``publish``: the saved pipeline with its grid, evaluation and model card, and the Hub upload
+"""

@@ -1,9 +1,10 @@
 """Training checkpoints: ``checkpoint-<step>`` folders written atomically, found again for resuming.
 
 A checkpoint is ``accelerator.save_state`` output (optimizer, LR scheduler, random states; the model and
-its EMA as safetensors through save hooks) plus ``training_state.json``. It is written into a staging
-folder and renamed into place only when every process has finished writing, so an interrupted save never
-leaves a half-written ``checkpoint-<step>`` and never touches the previous ones.
+its EMA as safetensors folders through the hooks of :func:`register_checkpoint_hooks`) plus
+``training_state.json`` (the :class:`TrainingPosition`). It is written into a staging folder and renamed into
+place only when every process has finished writing, so an interrupted save never leaves a half-written
+``checkpoint-<step>`` and never touches the previous ones.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import json
 import os
 import re
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..file_utils import atomic_directory
+from .ema import load_ema, save_ema
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_NAME = "training_state.json"
@@ -95,24 +98,85 @@ def resolve_resume_checkpoint(
     )
 
 
-def read_training_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint's ``training_state.json`` (global step, epoch, samples seen).
+@dataclass
+class TrainingPosition:
+    """Where a run stands: what a checkpoint stores besides the weights and optimizer state.
+
+    Args:
+        global_step: Optimizer steps taken.
+        epoch: The epoch the next batch comes from.
+        batch_in_epoch: Batches of that epoch already consumed (per process).
+        samples_seen: Examples used so far, over all processes.
+    """
+
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples_seen: int = 0
+
+
+def read_training_state(checkpoint: str | os.PathLike) -> TrainingPosition:
+    """Read a checkpoint's ``training_state.json``.
 
     Args:
         checkpoint: The checkpoint folder.
 
     Returns:
-        The stored dict.
+        The stored position.
     """
     with open(Path(checkpoint) / TRAINING_STATE_NAME, encoding="utf-8") as handle:
-        return json.load(handle)
+        state = json.load(handle)
+    return TrainingPosition(**{key: int(state.get(key, 0)) for key in TrainingPosition.__dataclass_fields__})
+
+
+def register_checkpoint_hooks(accelerator: Any, model: Any, ema: Any | None) -> None:
+    """Make ``accelerator.save_state`` / ``load_state`` write and read the model and its EMA as safetensors folders.
+
+    ``checkpoint/transformer/`` holds the trained weights and ``checkpoint/transformer_ema/`` the EMA's
+    (see :func:`~flow_pipelines.training.ema.save_ema`); accelerate's own pickled model files are not written.
+
+    Args:
+        accelerator: The run's accelerator.
+        model: The (unwrapped) trained model, a diffusers ``ModelMixin``.
+        ema: The ``EMAModel``, or None.
+    """
+
+    def save_hook(models: list, weights: list, folder: str) -> None:
+        if accelerator.is_main_process:
+            model.save_pretrained(os.path.join(folder, "transformer"))
+            if ema is not None:
+                save_ema(ema, model, os.path.join(folder, "transformer_ema"))
+        weights.clear()
+
+    def load_hook(models: list, folder: str) -> None:
+        models.clear()
+        loaded = type(model).from_pretrained(folder, subfolder="transformer")
+        model.load_state_dict(loaded.state_dict())
+        if ema is not None:
+            load_ema(ema, type(model), os.path.join(folder, "transformer_ema"), accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def load_checkpoint(accelerator: Any, checkpoint: str | os.PathLike) -> TrainingPosition:
+    """Restore a run from a checkpoint (weights, EMA, optimizer, LR schedule, random states) on every process.
+
+    Args:
+        accelerator: The run's accelerator, with :func:`register_checkpoint_hooks` registered.
+        checkpoint: The checkpoint folder.
+
+    Returns:
+        Where the run stood.
+    """
+    accelerator.load_state(str(checkpoint))
+    return read_training_state(checkpoint)
 
 
 def save_checkpoint(
     accelerator: Any,
     output_dir: str | os.PathLike,
-    global_step: int,
-    training_state: dict[str, Any],
+    position: TrainingPosition,
     total_limit: int | None = None,
 ) -> Path:
     """Save the accelerator state as ``output_dir/checkpoint-<global_step>``, atomically, on all processes.
@@ -124,8 +188,7 @@ def save_checkpoint(
     Args:
         accelerator: The ``accelerate.Accelerator``.
         output_dir: The training output folder.
-        global_step: The optimizer step being saved.
-        training_state: JSON-serialisable loop state stored beside (``global_step``, ``epoch``, ...).
+        position: Where the run stands (its ``global_step`` names the folder).
         total_limit: Keep at most this many checkpoints (None keeps all).
 
     Returns:
@@ -133,7 +196,7 @@ def save_checkpoint(
     """
     from accelerate.utils import broadcast_object_list
 
-    target = Path(output_dir) / f"{CHECKPOINT_PREFIX}{global_step}"
+    target = Path(output_dir) / f"{CHECKPOINT_PREFIX}{position.global_step}"
     distributed = accelerator.num_processes > 1
     if accelerator.is_main_process:
         with atomic_directory(target) as staging:
@@ -141,7 +204,7 @@ def save_checkpoint(
                 broadcast_object_list([str(staging)])
             accelerator.save_state(str(staging))
             with open(staging / TRAINING_STATE_NAME, "w", encoding="utf-8") as handle:
-                json.dump(training_state, handle, indent=2)
+                json.dump(asdict(position), handle, indent=2)
             # The other processes' random states must be on disk before the rename publishes the folder.
             accelerator.wait_for_everyone()
         if total_limit is not None:

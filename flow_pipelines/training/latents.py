@@ -25,6 +25,57 @@ from .data import TrainingData, collate_examples
 LATENT_CACHE_FOLDER = "latent_cache"
 
 
+def load_vae(name: str, subfolder: str | None = None) -> Any:
+    """Load a frozen ``AutoencoderKL`` (eval mode, no gradients) from a folder or repo id.
+
+    Args:
+        name: ``--vae``.
+        subfolder: ``--vae_subfolder`` (e.g. ``"vae"`` of a pipeline folder).
+
+    Returns:
+        The VAE.
+
+    Raises:
+        ValueError: If no ``AutoencoderKL`` can be loaded from it.
+    """
+    from diffusers import AutoencoderKL
+
+    try:
+        vae = AutoencoderKL.from_pretrained(name, subfolder=subfolder, use_safetensors=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--vae {name!r}: cannot load an AutoencoderKL from it ({error}).") from error
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+def check_vae_fits(vae: Any, resolution: int, patch_size: int, num_channels: int | None) -> int:
+    """Check that the VAE fits the run's images and model, before any encoding.
+
+    Args:
+        vae: The VAE.
+        resolution: ``--resolution`` (pixels).
+        patch_size: The transformer's patch size.
+        num_channels: ``--num_channels`` (None: the VAE's).
+
+    Returns:
+        The image channels to load.
+
+    Raises:
+        ValueError: If the resolution is not divisible by the VAE's downsampling times the patch size, or the
+            channels differ from the VAE's.
+    """
+    factor = vae_scale_factor(vae)
+    if resolution % (factor * patch_size):
+        raise ValueError(
+            f"--resolution={resolution} must be divisible by the VAE's downsampling ({factor}) times the patch size "
+            f"({patch_size}) = {factor * patch_size}."
+        )
+    in_channels = vae.config.in_channels
+    if (num_channels or in_channels) != in_channels:
+        raise ValueError(f"--num_channels={num_channels} differs from the VAE's in_channels={in_channels}.")
+    return in_channels
+
+
 def vae_scale_factor(vae: Any) -> int:
     """Spatial downsampling of an ``AutoencoderKL``: ``2 ** (len(block_out_channels) - 1)``."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -233,3 +284,38 @@ def sample_latents(
         mean, std = means[:, 0], stds[:, 0]
     eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     return normalize_latents(mean + std * eps, scaling_factor, shift_factor)
+
+
+def cached_latent_dataset(
+    vae: Any,
+    vae_name: str,
+    data: TrainingData,
+    output_dir: str | os.PathLike,
+    resolution: int,
+    flip: bool,
+    settings: dict[str, Any],
+    batch_size: int,
+    num_workers: int,
+    disable_progress: bool,
+) -> tuple[LatentDataset, Path]:
+    """The latents of the training data, from the cache in ``output_dir/latent_cache`` or encoded once into it.
+
+    Args:
+        vae: The VAE (on the device to encode with).
+        vae_name: Its folder or repo id (with subfolder), part of the cache key.
+        data: Map-style training data.
+        output_dir: The run's folder.
+        resolution: The image resolution encoded.
+        flip: Also encode mirror images.
+        settings: Further settings the latents depend on (interpolation, sample limit, ...).
+        batch_size: Images per encoder call.
+        num_workers: Data-loading workers.
+        disable_progress: Hide the progress bar.
+
+    Returns:
+        ``(dataset, cache file)``.
+    """
+    key = cache_key(vae_name, vae, data, resolution, flip, settings)
+    cache_path = Path(output_dir) / LATENT_CACHE_FOLDER / f"{key}.safetensors"
+    dataset = build_latent_dataset(vae, data, cache_path, flip, batch_size, num_workers, disable_progress)
+    return dataset, cache_path

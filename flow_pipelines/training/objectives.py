@@ -16,12 +16,21 @@ compared with ``path.target``. The two types are chosen independently; loss weig
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 
 import torch
 
-from ..paths import PREDICTION_TYPES, STRAIGHT_PATH, AffinePath, check_prediction_type, shift_sigmas
+from ..paths import (
+    PATH_NAMES,
+    PREDICTION_TYPES,
+    STRAIGHT_PATH,
+    AffinePath,
+    check_prediction_type,
+    get_path,
+    shift_sigmas,
+)
 
 TIME_SAMPLING_SCHEMES: tuple[str, ...] = ("uniform", "logit_normal", "mode")
 LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "sigma_sqrt", "cosmap")
@@ -292,3 +301,95 @@ class FlowMatchingObjective:
         per_sample = (prediction - target).pow(2).flatten(1).mean(dim=1)
         weights = loss_weights(sigmas.float(), self.loss_weighting)
         return (weights * per_sample).mean()
+
+
+def add_objective_args(parser: argparse.ArgumentParser) -> None:
+    """The objective's flags: path, prediction and loss types, noise-level density, loss weights, label dropout.
+
+    Args:
+        parser: The training script's parser.
+    """
+    objective = parser.add_argument_group("objective")
+    objective.add_argument(
+        "--path",
+        default="linear",
+        choices=PATH_NAMES,
+        help="The noising path trained on (flow_pipelines.paths); the pipeline samples any of them.",
+    )
+    objective.add_argument(
+        "--vp_beta_min", type=float, default=None, help="beta_min of --path vp (default: the path's, 0.1)."
+    )
+    objective.add_argument(
+        "--vp_beta_max", type=float, default=None, help="beta_max of --path vp (default: the path's, 20)."
+    )
+    objective.add_argument("--prediction_type", default="velocity", choices=PREDICTION_TYPES)
+    objective.add_argument(
+        "--loss_target", default=None, choices=PREDICTION_TYPES, help="Default: prediction_type."
+    )
+    objective.add_argument(
+        "--time_sampling",
+        "--weighting_scheme",
+        dest="time_sampling",
+        default="logit_normal",
+        choices=TIME_SAMPLING_SCHEMES,
+    )
+    objective.add_argument("--logit_mean", type=float, default=0.0)
+    objective.add_argument("--logit_std", type=float, default=1.0)
+    objective.add_argument("--mode_scale", type=float, default=1.29)
+    objective.add_argument("--shift", type=float, default=1.0, help="Shift of the training noise levels.")
+    objective.add_argument("--loss_weighting", default="none", choices=LOSS_WEIGHTINGS)
+    objective.add_argument(
+        "--label_dropout", type=float, default=0.1, help="Chance of the null class (for CFG)."
+    )
+
+
+def path_from_args(args: argparse.Namespace) -> AffinePath:
+    """The path of ``--path`` (with ``--vp_beta_min`` / ``--vp_beta_max`` for ``vp``).
+
+    Args:
+        args: The parsed flags.
+
+    Returns:
+        The path.
+
+    Raises:
+        ValueError: For beta flags with another path, or invalid betas.
+    """
+    betas = {
+        key: value
+        for key, value in (("beta_min", args.vp_beta_min), ("beta_max", args.vp_beta_max))
+        if value is not None
+    }
+    if betas and args.path != "vp":
+        raise ValueError(f"--vp_beta_min / --vp_beta_max apply to --path vp only; got --path {args.path}.")
+    return get_path(args.path, **betas)
+
+
+def objective_from_args(args: argparse.Namespace, num_train_timesteps: int = 1000) -> FlowMatchingObjective:
+    """The objective the flags describe.
+
+    Args:
+        args: The parsed flags.
+        num_train_timesteps: The model's time scale.
+
+    Returns:
+        The objective.
+
+    Raises:
+        ValueError: For invalid settings (see :class:`FlowMatchingObjective` and :func:`path_from_args`), or a
+            label dropout outside [0, 1].
+    """
+    if not 0.0 <= args.label_dropout <= 1.0:
+        raise ValueError(f"--label_dropout={args.label_dropout} must lie in [0, 1].")
+    return FlowMatchingObjective(
+        prediction_type=args.prediction_type,
+        loss_target=args.loss_target or args.prediction_type,
+        time_sampling=args.time_sampling,
+        logit_mean=args.logit_mean,
+        logit_std=args.logit_std,
+        mode_scale=args.mode_scale,
+        shift=args.shift,
+        loss_weighting=args.loss_weighting,
+        num_train_timesteps=num_train_timesteps,
+        path=path_from_args(args),
+    )

@@ -1,0 +1,179 @@
+"""The result of a run: the saved `FlowPipeline` with its sample grid, evaluation and model card, on disk and on the Hub."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..evaluation.digits import evaluate_digit_pipeline
+from ..file_utils import atomic_directory
+from ..hub import push_pipeline_to_hub, write_model_card
+from ..pipelines import FlowPipeline
+from ..schedulers import FlowEulerScheduler
+from .tracking import log_images
+from .validation import grid_classes, sample_grid
+
+logger = logging.getLogger("train_flow")
+
+PIPELINE_FOLDER = "pipeline"
+SAMPLE_GRID_NAME = "samples.png"
+
+
+def add_publish_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of the final evaluation and of the Hub upload.
+
+    Args:
+        parser: The training script's parser.
+    """
+    result = parser.add_argument_group("the result")
+    result.add_argument(
+        "--evaluation_samples_per_class",
+        type=int,
+        default=50,
+        help="Digit-accuracy samples per class when training on the digits (0: skip).",
+    )
+    result.add_argument(
+        "--push_to_hub", action="store_true", help="Upload the pipeline folder (not checkpoints)."
+    )
+    result.add_argument(
+        "--hub_model_id", default=None, help="'user/name'; default: the output folder's name."
+    )
+    result.add_argument(
+        "--hub_token", default=None, help="Hub token (never written anywhere); prefer `hf auth login`."
+    )
+    result.add_argument("--hub_private_repo", action="store_true")
+
+
+def check_publish_args(args: argparse.Namespace) -> None:
+    """Check the result flags on their own, before any work.
+
+    Args:
+        args: The parsed flags.
+
+    Raises:
+        ValueError: Naming the flag, its value and what is allowed.
+    """
+    if args.evaluation_samples_per_class < 0:
+        raise ValueError(
+            f"--evaluation_samples_per_class={args.evaluation_samples_per_class} must be >= 0 (0 disables)."
+        )
+    if args.push_to_hub and args.hub_model_id is not None and args.hub_model_id.count("/") > 1:
+        raise ValueError(f"--hub_model_id={args.hub_model_id!r} must look like 'user/name'.")
+
+
+def training_pipeline(
+    transformer: Any, args: argparse.Namespace, vae: Any, id2label: dict[int, str]
+) -> FlowPipeline:
+    """A ``FlowPipeline`` around the transformer being trained (whatever weights it holds), progress bar off.
+
+    Its scheduler is the one saved with the result: Euler with ``--sampling_shift`` (default ``--shift``); it is
+    handed velocities whatever the model predicts.
+
+    Args:
+        transformer: The (unwrapped) transformer.
+        args: The parsed flags.
+        vae: The VAE of a latent run, or None.
+        id2label: The class names.
+
+    Returns:
+        The pipeline.
+    """
+    shift = args.sampling_shift if args.sampling_shift is not None else args.shift
+    pipeline = FlowPipeline(
+        transformer=transformer,
+        scheduler=FlowEulerScheduler(num_train_timesteps=1000, shift=shift),
+        vae=vae,
+        id2label=id2label,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def save_result(
+    pipeline: FlowPipeline,
+    args: argparse.Namespace,
+    accelerator: Any,
+    step: int,
+    config: dict[str, Any],
+    dataset_name: str,
+    on_digits: bool,
+) -> dict[str, Any]:
+    """Save the pipeline (with its grid and model card), evaluate it on the digits, push it; main process only.
+
+    Args:
+        pipeline: The pipeline around the final (EMA) weights.
+        args: The parsed flags.
+        accelerator: The run's accelerator (its trackers get the grid).
+        step: The final optimizer step.
+        config: The run's public settings (for the model card).
+        dataset_name: What the card names as the training data.
+        on_digits: Whether the run trained on the digits (then digit accuracy is measured).
+
+    Returns:
+        ``pipeline_dir``, ``sampling_seconds``, and ``evaluation`` / ``hub_url`` when made.
+    """
+    pipeline_dir = Path(args.output_dir) / PIPELINE_FOLDER
+    result: dict[str, Any] = {"pipeline_dir": str(pipeline_dir)}
+    start = time.perf_counter()
+    classes = grid_classes(args.validation_classes, pipeline.id2label)
+    grid = sample_grid(
+        pipeline,
+        classes,
+        args.validation_images_per_class,
+        args.num_inference_steps,
+        args.guidance_scale,
+        args.seed,
+    )
+    evaluation = None
+    if on_digits and args.evaluation_samples_per_class > 0:
+        evaluation = evaluate_digit_pipeline(
+            pipeline,
+            samples_per_class=args.evaluation_samples_per_class,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed + 1,
+            interpolation=args.image_interpolation_mode,
+        )
+        result["evaluation"] = evaluation
+    result["sampling_seconds"] = time.perf_counter() - start
+    # Weights, configs and grid appear at once; the card is then added to the finished folder.
+    with atomic_directory(pipeline_dir) as staging:
+        pipeline.save_pretrained(staging)
+        grid.save(staging / SAMPLE_GRID_NAME)
+    write_model_card(
+        pipeline_dir,
+        training_config=config,
+        dataset_name=dataset_name,
+        id2label=pipeline.id2label,
+        sample_grid=SAMPLE_GRID_NAME,
+        evaluation=evaluation,
+        repo_id=args.hub_model_id if args.push_to_hub else None,
+        model_name=args.hub_model_id.split("/")[-1] if args.hub_model_id else Path(args.output_dir).name,
+        prediction_type=args.prediction_type,
+        guidance_scale=args.guidance_scale,
+    )
+    log_images(accelerator, grid, step)
+    logger.info("Saved the pipeline (EMA weights) to %s", pipeline_dir)
+    if evaluation is not None:
+        logger.info(
+            "Digit accuracy: %.1f%% of %d guided samples read as the class asked for (guidance %.1f, %d steps; the "
+            "classifier's held-out accuracy on real digits: %.1f%%, after the %dx%d round trip: %.1f%%)",
+            100 * evaluation["digit_accuracy"],
+            evaluation["num_samples"],
+            args.guidance_scale,
+            args.num_inference_steps,
+            100 * evaluation["classifier_heldout_accuracy"],
+            args.resolution,
+            args.resolution,
+            100 * evaluation["classifier_roundtrip_accuracy"],
+        )
+    if args.push_to_hub:
+        repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+        result["hub_url"] = push_pipeline_to_hub(
+            pipeline_dir, repo_id, token=args.hub_token, private=args.hub_private_repo
+        )
+        logger.info("Pushed %s to %s", pipeline_dir, result["hub_url"])
+    return result
