@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flow_pipelines.paths import STRAIGHT_PATH  # noqa: E402
+from flow_pipelines.training.architecture import build_model, model_settings  # noqa: E402
 
 UNTIMED_STEPS = 5
 
@@ -67,8 +68,7 @@ def bare_throughput(train_flow, flags: list[str], steps: int, with_ema_and_clipp
 
     args = train_flow.parse_args(flags)
     torch.manual_seed(args.seed)
-    model = train_flow.build_model(args, 1, args.resolution, 10)
-    model.train()
+    model = build_model(args, STRAIGHT_PATH, 1, args.resolution, 10)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=args.learning_rate,
@@ -118,7 +118,7 @@ def main() -> None:
         runs["bare"].append(bare_throughput(train_flow, flags, args.steps, with_ema_and_clipping=False))
         runs["bare + EMA + clipping"].append(bare_throughput(train_flow, flags, args.steps, True))
     settings = train_flow.parse_args(flags)
-    model = train_flow.model_settings(settings)
+    model = model_settings(settings)
     print(
         f"\nDiT hidden {model['hidden_size']}, {model['num_layers']} layers, patch {model['patch_size']}, "
         f"{settings.resolution}x{settings.resolution}x1, batch {settings.train_batch_size}; {args.steps} steps "

@@ -7,6 +7,7 @@ another; each imports this.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .pipelines import FlowPipeline
+from .schedulers import SCHEDULERS
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -21,6 +23,33 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 """``--dtype`` choices: model precision by name."""
+
+
+def sampling_parser(prog: str, description: str, guidance: float, seed_help: str) -> argparse.ArgumentParser:
+    """A parser with the flags every sampling command takes: the model, sampler, steps, guidance, seed, device.
+
+    Args:
+        prog: The command (``python -m flow_pipelines.sample``).
+        description: What it does.
+        guidance: The default ``--guidance``.
+        seed_help: How the command uses ``--seed``.
+
+    Returns:
+        The parser, ready for the command's own flags.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--model", required=True, help="Saved pipeline folder or Hub repo id.")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="euler", help="Sampler.")
+    parser.add_argument("--steps", type=int, default=30, help="Sampling steps.")
+    parser.add_argument(
+        "--guidance", type=float, default=guidance, help="Classifier-free guidance scale (1 = none)."
+    )
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="Model precision for sampling."
+    )
+    return parser
 
 
 def default_device(requested: str | None = None) -> torch.device:
@@ -56,16 +85,18 @@ def load_pipeline(model: str, dtype: str, device: torch.device) -> FlowPipeline:
     return pipeline.to(device)
 
 
-def check_positive(**values: int | None) -> None:
+def check_positive(args: argparse.Namespace, *names: str) -> None:
     """Require count flags to be at least 1 (None means not given and passes).
 
     Args:
-        **values: Flag values by name; ``num_samples`` names ``--num-samples``.
+        args: The parsed flags.
+        *names: The flags' attribute names; ``num_samples`` names ``--num-samples``.
 
     Raises:
         ValueError: Naming the first flag below 1.
     """
-    for name, value in values.items():
+    for name in names:
+        value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 1.")
 

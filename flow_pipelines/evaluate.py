@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli_utils import DTYPES, check_positive, default_device, exit_status, load_pipeline
+from .cli_utils import check_positive, default_device, exit_status, load_pipeline, sampling_parser
 from .evaluation.dinov2 import DINOV2_DEFAULT_MODEL, DINOV2_POOLINGS, DinoV2FeatureExtractor
 from .evaluation.features import FeatureExtractor, WeightsUnavailableError
 from .evaluation.frechet import FeatureStatistics, FrechetDistance, check_enough_samples, check_same_geometry
@@ -51,7 +51,7 @@ from .evaluation.reference import ReferenceSource, iter_reference, open_referenc
 from .file_utils import atomic_file
 from .guidance import GuidedVelocity
 from .images import quantize_images
-from .schedulers import SCHEDULERS, make_scheduler
+from .schedulers import make_scheduler
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
 METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digit_accuracy", "bpd")
@@ -114,11 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The argument parser.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m flow_pipelines.evaluate",
-        description="Evaluate a saved FlowPipeline: FID, FD-DINOv2, digit accuracy, bits per dimension.",
+    parser = sampling_parser(
+        "python -m flow_pipelines.evaluate",
+        "Evaluate a saved FlowPipeline: FID, FD-DINOv2, digit accuracy, bits per dimension.",
+        guidance=1.0,
+        seed_help="Sample i starts from the noise of seed + i.",
     )
-    parser.add_argument("--model", required=True, help="Saved pipeline folder or Hub repo id.")
     parser.add_argument(
         "--reference",
         default="sklearn_digits",
@@ -141,12 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", nargs="+", default=["fid"], help=f"Any of: {', '.join(METRICS)}.")
     parser.add_argument("--num-samples", type=int, default=10_000, help="Images to generate.")
     parser.add_argument("--batch-size", type=int, default=64, help="Images per pipeline call.")
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="euler", help="Sampler.")
-    parser.add_argument("--steps", type=int, default=30, help="Sampling steps.")
-    parser.add_argument(
-        "--guidance", type=float, default=1.0, help="Classifier-free guidance scale (1 = none)."
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Sample i starts from the noise of seed + i.")
     parser.add_argument(
         "--output-dir", type=Path, default=Path("evaluation"), help="Where metrics.json and samples.npz go."
     )
@@ -155,10 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-stats-cache", action="store_true", help="Neither read nor write cached statistics."
-    )
-    parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
-    parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="Model precision for sampling."
     )
     parser.add_argument(
         "--extractor-batch-size", type=int, default=64, help="Images per feature-extractor call."
@@ -404,17 +395,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """
     args = build_parser().parse_args(argv)
     metrics = check_metrics(args.metrics)
-    check_positive(
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        num_reference=args.num_reference,
-        extractor_batch_size=args.extractor_batch_size,
-        bpd_num_images=args.bpd_num_images,
-        bpd_steps=args.bpd_steps,
-        bpd_probes=args.bpd_probes,
-        bpd_batch_size=args.bpd_batch_size,
-    )
+    counts = ("num_samples", "batch_size", "steps", "num_reference", "extractor_batch_size")
+    check_positive(args, *counts, "bpd_num_images", "bpd_steps", "bpd_probes", "bpd_batch_size")
     if not 0.0 <= args.bpd_sigma_min < 1.0:
         raise ValueError(f"--bpd-sigma-min {args.bpd_sigma_min} must lie in [0, 1).")
     if args.bpd_rho < 1.0:
@@ -531,6 +513,13 @@ def _bpd_record(
     guidance = args.guidance if args.bpd_conditional else 1.0
     velocity = GuidedVelocity(pipeline.transformer, class_labels=class_labels, guidance_scale=guidance)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    # The solver's settings, passed to it and recorded with the figure.
+    solver = {
+        "divergence": args.bpd_divergence,
+        "num_probes": args.bpd_probes,
+        "sigma_min": args.bpd_sigma_min,
+        "rho": args.bpd_rho,
+    }
     result = image_bits_per_dim(
         velocity,
         pixels,
@@ -540,10 +529,7 @@ def _bpd_record(
         class_labels=class_labels,
         num_steps=args.bpd_steps,
         method=args.bpd_method,
-        divergence=args.bpd_divergence,
-        num_probes=args.bpd_probes,
-        sigma_min=args.bpd_sigma_min,
-        rho=args.bpd_rho,
+        **solver,
     )
     record = _record(
         "bpd",
@@ -555,14 +541,11 @@ def _bpd_record(
         guidance=args.guidance if args.bpd_conditional else None,
         standard_error=result.standard_error,
         num_function_evals=result.num_function_evals,
-        divergence=args.bpd_divergence,
-        num_probes=args.bpd_probes,
-        sigma_min=args.bpd_sigma_min,
-        rho=args.bpd_rho,
         conditional=bool(args.bpd_conditional),
         protocol="reference pixels k -> k/127.5 - 1, uniform dequantisation, probability-flow ODE from sigma_min to 1, "
         "bpd = -log p / (D ln 2) + log2(127.5)",
         extractor=None,
+        **solver,
     )
     return record
 

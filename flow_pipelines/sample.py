@@ -19,33 +19,29 @@ from pathlib import Path
 
 import torch
 
-from .cli_utils import DTYPES, check_positive, default_device, exit_status, load_pipeline
-from .schedulers import SCHEDULERS, make_scheduler
+from .cli_utils import check_positive, default_device, exit_status, load_pipeline, sampling_parser
+from .schedulers import make_scheduler
 from .visualization import make_labelled_grid
 
 RANDOM_CLASS = -1
+DESCRIPTION = "Sample a labelled grid (one row per class) from a saved FlowPipeline."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface.
+    """The sample command's flags: those of every sampling command, then the labels and the grid's own.
 
     Returns:
         The argument parser.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m flow_pipelines.sample",
-        description="Sample a labelled grid (one row per class) from a saved FlowPipeline.",
+    seed_help = "Column k starts from the noise of seed + k."
+    parser = sampling_parser(
+        "python -m flow_pipelines.sample", DESCRIPTION, guidance=4.0, seed_help=seed_help
     )
-    parser.add_argument("--model", required=True, help="Saved pipeline folder or Hub repo id.")
     parser.add_argument(
         "--class-labels",
         nargs="+",
         default=["-1"],
         help="Class ids, class names, or -1 for a random class; one grid row each.",
-    )
-    parser.add_argument("--steps", type=int, default=30, help="Sampling steps.")
-    parser.add_argument(
-        "--guidance", type=float, default=4.0, help="Classifier-free guidance scale (1 = none)."
     )
     parser.add_argument(
         "--guidance-interval",
@@ -55,12 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Guide only for noise levels LOW <= sigma <= HIGH (1 = noise).",
     )
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="euler", help="Sampler.")
-    parser.add_argument("--seed", type=int, default=0, help="Column k starts from the noise of seed + k.")
     parser.add_argument("--batch-size", type=int, default=8, help="Images per class (grid columns).")
     parser.add_argument("--out", type=Path, default=Path("grid.png"), help="Where to write the PNG grid.")
-    parser.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="Model precision.")
     parser.add_argument(
         "--min-cell-size", type=int, default=64, help="Upscale images to at least this many pixels."
     )
@@ -95,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             out-of-range id, or a model folder that lacks files.
     """
     args = build_parser().parse_args(argv)
-    check_positive(batch_size=args.batch_size, steps=args.steps)
+    check_positive(args, "batch_size", "steps")
     pipeline = load_pipeline(str(args.model), args.dtype, default_device(args.device))
     pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
 

@@ -20,6 +20,7 @@ carry a learned variance in their second half.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,6 +34,19 @@ from ..paths import check_prediction_type, get_path
 
 POS_EMBED_TYPES: tuple[str, ...] = ("sincos", "rope")
 QK_NORM_TYPES: tuple[str, ...] = ("rms_norm", "layer_norm")
+
+_POSITIVE_INTEGERS: tuple[str, ...] = (
+    "sample_size",
+    "patch_size",
+    "in_channels",
+    "out_channels",
+    "hidden_size",
+    "num_layers",
+    "num_attention_heads",
+    "num_classes",
+    "num_train_timesteps",
+    "timestep_embedding_dim",
+)
 
 # Width, depth and heads of the DiT paper's model sizes; every size comes with patch 2, 4 and 8.
 _SIZES: dict[str, dict[str, int]] = {
@@ -76,9 +90,21 @@ def timestep_embedding(
     return embedding
 
 
-def _position_dtype(device: torch.device) -> torch.dtype:
-    # Positions are computed in float64 (as the original DiT's numpy code did) except where unsupported.
-    return torch.float32 if device.type == "mps" else torch.float64
+def _patch_coordinates(
+    grid_height: int, grid_width: int, device: torch.device | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    """Row and column index of every patch, row-major, as float columns ``(tokens, 1)``, and the device.
+
+    Positions are computed in float64 (as the original DiT's numpy code did) except where unsupported.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    rows, columns = torch.meshgrid(
+        torch.arange(grid_height, dtype=dtype, device=device),
+        torch.arange(grid_width, dtype=dtype, device=device),
+        indexing="ij",
+    )
+    return rows.reshape(-1, 1), columns.reshape(-1, 1), device
 
 
 def sincos_2d_positions(
@@ -103,18 +129,12 @@ def sincos_2d_positions(
     """
     if dim % 4:
         raise ValueError(f"sin-cos positions need a width divisible by 4; got {dim}.")
-    device = torch.device("cpu") if device is None else torch.device(device)
-    dtype = _position_dtype(device)
+    rows, columns, device = _patch_coordinates(grid_height, grid_width, device)
     quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=dtype, device=device) / quarter)
-    rows, columns = torch.meshgrid(
-        torch.arange(grid_height, dtype=dtype, device=device),
-        torch.arange(grid_width, dtype=dtype, device=device),
-        indexing="ij",
-    )
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=rows.dtype, device=device) / quarter)
 
     def encode(positions: torch.Tensor) -> torch.Tensor:
-        angles = positions.reshape(-1, 1) * omega[None]
+        angles = positions * omega[None]
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
     return torch.cat([encode(columns), encode(rows)], dim=1).float()
@@ -147,18 +167,12 @@ def rope_2d_frequencies(
     """
     if head_dim % 4:
         raise ValueError(f"2-D rotary embeddings need a head dimension divisible by 4; got {head_dim}.")
-    device = torch.device("cpu") if device is None else torch.device(device)
-    dtype = _position_dtype(device)
+    rows, columns, device = _patch_coordinates(grid_height, grid_width, device)
     axis_dim = head_dim // 2
-    frequencies = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=dtype, device=device) / axis_dim)
-    rows, columns = torch.meshgrid(
-        torch.arange(grid_height, dtype=dtype, device=device),
-        torch.arange(grid_width, dtype=dtype, device=device),
-        indexing="ij",
+    frequencies = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=rows.dtype, device=device) / axis_dim)
+    angles = torch.cat([rows * frequencies[None], columns * frequencies[None]], dim=1).repeat_interleave(
+        2, dim=1
     )
-    angles = torch.cat(
-        [rows.reshape(-1, 1) * frequencies[None], columns.reshape(-1, 1) * frequencies[None]], dim=1
-    ).repeat_interleave(2, dim=1)
     return torch.stack([torch.cos(angles), torch.sin(angles)]).float()
 
 
@@ -435,21 +449,10 @@ class DiTModel(ModelMixin, ConfigMixin):
         path_kwargs: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
-        _check_positive(
-            sample_size=sample_size,
-            patch_size=patch_size,
-            in_channels=in_channels,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            num_attention_heads=num_attention_heads,
-            num_classes=num_classes,
-            num_train_timesteps=num_train_timesteps,
-            timestep_embedding_dim=timestep_embedding_dim,
-        )
         if out_channels is None:
             out_channels = in_channels
             self.register_to_config(out_channels=out_channels)
-        _check_positive(out_channels=out_channels)
+        _check_positive(self.config, _POSITIVE_INTEGERS)
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0; got {mlp_ratio}.")
         if hidden_size % num_attention_heads:
@@ -719,8 +722,9 @@ class DiTModel(ModelMixin, ConfigMixin):
         return Transformer2DModelOutput(sample=sample)
 
 
-def _check_positive(**values: int) -> None:
-    """Raise ``ValueError`` naming the first argument that is not a positive integer."""
-    for name, value in values.items():
+def _check_positive(config: Mapping[str, Any], names: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming the first config entry that is not a positive integer."""
+    for name in names:
+        value = config[name]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")

@@ -1,7 +1,7 @@
 """Flow-matching schedulers that plug into diffusers."""
 
 from .registry import SCHEDULERS, make_scheduler
-from .scheduling_flow_common import FlowSchedulerBase, FlowSchedulerOutput
+from .scheduling_flow_common import FlowSchedulerBase, FlowSchedulerOutput, FlowStep
 from .scheduling_flow_euler import FlowEulerScheduler
 from .scheduling_flow_heun import FlowHeunScheduler
 from .scheduling_flow_multistep import FlowMultistepScheduler
@@ -15,6 +15,7 @@ __all__ = [
     "FlowSDEScheduler",
     "FlowSchedulerBase",
     "FlowSchedulerOutput",
+    "FlowStep",
     "SCHEDULERS",
     "diffusion_coefficient",
     "make_scheduler",

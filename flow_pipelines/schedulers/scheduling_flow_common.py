@@ -37,6 +37,30 @@ class FlowSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class FlowStep:
+    """What one scheduler step works with: the velocity at the current sample and the noise level it goes to.
+
+    Args:
+        velocity: The velocity ``noise - x0`` at ``(sample, sigma)`` (float32).
+        sample: The current sample ``x_sigma`` (float32).
+        sigma: Its noise level.
+        sigma_next: The noise level the step goes to (lower; 0 at the end).
+        generator: Random generator(s) for stochastic schedulers.
+    """
+
+    velocity: torch.Tensor
+    sample: torch.Tensor
+    sigma: float
+    sigma_next: float
+    generator: torch.Generator | list[torch.Generator] | None = None
+
+    @property
+    def size(self) -> float:
+        """``sigma_next - sigma``: negative, as sampling runs towards the data."""
+        return self.sigma_next - self.sigma
+
+
 def _as_sigma_array(sigmas: list[float] | np.ndarray | torch.Tensor) -> np.ndarray:
     """Validate explicit sigmas: a non-empty 1-d, finite, strictly decreasing sequence in [0, 1]."""
     if isinstance(sigmas, torch.Tensor):
@@ -398,7 +422,7 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
             model_output.float(), sample32, sigma, self.config.prediction_type, "velocity"
         )
         pred_original = STRAIGHT_PATH.convert(velocity, sample32, sigma, "velocity", "sample")
-        prev_sample = self._step(velocity, sample32, sigma, sigma_next, generator)
+        prev_sample = self._step(FlowStep(velocity, sample32, sigma, sigma_next, generator))
         self._step_index += 1
 
         prev_sample = prev_sample.to(sample.dtype)
@@ -407,16 +431,9 @@ class FlowSchedulerBase(SchedulerMixin, ConfigMixin):
             return (prev_sample, pred_original)
         return FlowSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original)
 
-    def _step(
-        self,
-        velocity: torch.Tensor,
-        sample: torch.Tensor,
-        sigma: float,
-        sigma_next: float,
-        generator: torch.Generator | list[torch.Generator] | None,
-    ) -> torch.Tensor:
-        """One update of ``sample`` from ``sigma`` to ``sigma_next`` given the velocity there, in float32.
+    def _step(self, step: FlowStep) -> torch.Tensor:
+        """The sample at ``step.sigma_next``, from the velocity at ``step.sigma`` (float32).
 
-        Implemented by each scheduler; ``self.step_index`` is the position of ``sigma`` in `sigmas`.
+        Implemented by each scheduler; ``self.step_index`` is the position of ``step.sigma`` in `sigmas`.
         """
         raise NotImplementedError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .scheduling_flow_common import FlowSchedulerBase
+from .scheduling_flow_common import FlowSchedulerBase, FlowStep
 
 
 class FlowEulerScheduler(FlowSchedulerBase):
@@ -17,12 +17,5 @@ class FlowEulerScheduler(FlowSchedulerBase):
 
     order = 1
 
-    def _step(
-        self,
-        velocity: torch.Tensor,
-        sample: torch.Tensor,
-        sigma: float,
-        sigma_next: float,
-        generator: torch.Generator | list[torch.Generator] | None,
-    ) -> torch.Tensor:
-        return sample + (sigma_next - sigma) * velocity
+    def _step(self, step: FlowStep) -> torch.Tensor:
+        return step.sample + step.size * step.velocity

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .scheduling_flow_common import FlowSchedulerBase
+from .scheduling_flow_common import FlowSchedulerBase, FlowStep
 
 
 class FlowHeunScheduler(FlowSchedulerBase):
@@ -27,7 +27,7 @@ class FlowHeunScheduler(FlowSchedulerBase):
 
     def _reset_state(self) -> None:
         super()._reset_state()
-        self._predictor: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        self._predictor: FlowStep | None = None
 
     @property
     def state_in_first_order(self) -> bool:
@@ -48,20 +48,12 @@ class FlowHeunScheduler(FlowSchedulerBase):
         # Interior levels are visited twice: as the corrector of one step and the predictor of the next.
         return torch.cat([grid[:1], grid[1:-1].repeat_interleave(2), grid[-1:]])
 
-    def _step(
-        self,
-        velocity: torch.Tensor,
-        sample: torch.Tensor,
-        sigma: float,
-        sigma_next: float,
-        generator: torch.Generator | list[torch.Generator] | None,
-    ) -> torch.Tensor:
+    def _step(self, step: FlowStep) -> torch.Tensor:
         if self._predictor is not None:
-            start_sample, start_velocity, step_size = self._predictor
+            # The corrector: restart from the predictor's start with the mean of both velocities.
+            start = self._predictor
             self._predictor = None
-            return start_sample + step_size * 0.5 * (start_velocity + velocity)
-
-        step_size = sigma_next - sigma
-        if sigma_next > 0.0:
-            self._predictor = (sample, velocity, step_size)
-        return sample + step_size * velocity
+            return start.sample + start.size * 0.5 * (start.velocity + step.velocity)
+        if step.sigma_next > 0.0:
+            self._predictor = step
+        return step.sample + step.size * step.velocity

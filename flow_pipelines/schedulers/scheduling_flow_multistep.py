@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .scheduling_flow_common import FlowSchedulerBase
+from .scheduling_flow_common import FlowSchedulerBase, FlowStep
 
 SOLVER_ORDERS: tuple[int, ...] = (1, 2, 3)
 
@@ -182,20 +182,13 @@ class FlowMultistepScheduler(FlowSchedulerBase):
         update = sum(float(w) * value for w, (_, value) in zip(weights, nodes, strict=True))
         return (radius_next / self._radius(sigma)) * start - (radius_next / c) * update
 
-    def _step(
-        self,
-        velocity: torch.Tensor,
-        sample: torch.Tensor,
-        sigma: float,
-        sigma_next: float,
-        generator: torch.Generator | list[torch.Generator] | None,
-    ) -> torch.Tensor:
-        index = self._step_index
+    def _step(self, step: FlowStep) -> torch.Tensor:
+        index, sample, sigma, sigma_next = self._step_index, step.sample, step.sigma, step.sigma_next
         c2 = self.config.sigma_data**2
         # F = D - c^2 (alpha / sigma) eps, written with the velocity to avoid cancellation: the model is never
         # called at sigma = 0, so the division is safe.
         alpha = 1.0 - sigma
-        residual = ((sigma - alpha * c2) * sample - self._radius(sigma) ** 2 * velocity) / sigma
+        residual = ((sigma - alpha * c2) * sample - self._radius(sigma) ** 2 * step.velocity) / sigma
 
         start = sample
         if self.config.use_corrector and self._last_start is not None and index > 0:

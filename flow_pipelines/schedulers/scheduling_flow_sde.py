@@ -9,7 +9,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..paths import STRAIGHT_PATH
-from .scheduling_flow_common import FlowSchedulerBase
+from .scheduling_flow_common import FlowSchedulerBase, FlowStep
 
 DIFFUSION_FORMS: tuple[str, ...] = ("constant", "sigma", "decreasing", "increasing-decreasing")
 
@@ -91,19 +91,12 @@ class FlowSDEScheduler(FlowSchedulerBase):
             use_dynamic_shifting=use_dynamic_shifting,
         )
 
-    def _step(
-        self,
-        velocity: torch.Tensor,
-        sample: torch.Tensor,
-        sigma: float,
-        sigma_next: float,
-        generator: torch.Generator | list[torch.Generator] | None,
-    ) -> torch.Tensor:
-        if sigma_next == 0.0:
-            return STRAIGHT_PATH.convert(velocity, sample, sigma, "velocity", "sample")
-        step_size = sigma_next - sigma  # negative: sampling runs towards the data
-        diffusion = diffusion_coefficient(self.config.diffusion_form, sigma, self.config.diffusion_norm)
-        score = STRAIGHT_PATH.score(velocity, sample, sigma, "velocity")
-        drift = velocity - 0.5 * diffusion * score
-        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-        return sample + step_size * drift + math.sqrt(diffusion * -step_size) * noise
+    def _step(self, step: FlowStep) -> torch.Tensor:
+        sample = step.sample
+        if step.sigma_next == 0.0:
+            return STRAIGHT_PATH.convert(step.velocity, sample, step.sigma, "velocity", "sample")
+        diffusion = diffusion_coefficient(self.config.diffusion_form, step.sigma, self.config.diffusion_norm)
+        score = STRAIGHT_PATH.score(step.velocity, sample, step.sigma, "velocity")
+        drift = step.velocity - 0.5 * diffusion * score
+        noise = randn_tensor(sample.shape, generator=step.generator, device=sample.device, dtype=sample.dtype)
+        return sample + step.size * drift + math.sqrt(diffusion * -step.size) * noise

@@ -18,6 +18,7 @@ import torch
 from ..data_sources import DIGITS_DATASET
 from ..images import INTERPOLATION_MODES, dequantize, pixels_to_model_range
 from .data import CACHE_MODES, DataConfig, TrainingData, collate_examples, prepare_training_data
+from .flags import settings_from_args
 
 logger = logging.getLogger("train_flow")
 
@@ -206,23 +207,12 @@ def data_config(args: argparse.Namespace, num_channels: int | None, latent: bool
     Returns:
         The config.
     """
-    return DataConfig(
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_data_dir=args.train_data_dir,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        resolution=args.resolution,
+    return settings_from_args(
+        DataConfig,
+        args,
         center_crop=args.center_crop or latent,
         num_channels=num_channels,
-        max_train_samples=args.max_train_samples,
-        streaming=args.streaming,
-        cache_images=args.cache_images,
         interpolation=args.image_interpolation_mode,
-        seed=args.seed,
-        cache_dir=args.cache_dir,
-        dataloader_num_workers=args.dataloader_num_workers,
-        shuffle_buffer_size=args.shuffle_buffer_size,
     )
 
 

@@ -11,7 +11,7 @@ throttles a fast model. Images are decoded by this package (:func:`flow_pipeline
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -52,44 +52,83 @@ def collate_examples(examples: Any) -> dict[str, torch.Tensor]:
     return batch
 
 
-class TransformedImageDataset(torch.utils.data.Dataset):
-    """A map-style ``datasets.Dataset`` decoded and transformed per item (for datasets too big to cache).
+@dataclass(frozen=True)
+class ImageRows:
+    """A ``datasets`` dataset's image and label columns, its images decoded here and transformed.
+
+    Build it with :meth:`of`, which keeps the images encoded (``datasets.Image(decode=False)``), so that
+    :meth:`example` decodes each one and names the file of a corrupt one.
 
     Args:
-        dataset: The ``datasets.Dataset``.
+        dataset: The ``datasets.Dataset`` or ``IterableDataset``, reduced to the two columns.
         image_column: Its image column.
         label_column: Its label column (integer class ids).
-        transform: The :class:`ImageTransform`.
+        transform: The :class:`~flow_pipelines.images.ImageTransform`.
     """
 
-    def __init__(
-        self,
-        dataset: Any,
-        image_column: str,
-        label_column: str,
-        transform: ImageTransform,
-        report_crop_freedom: bool = False,
-    ) -> None:
+    dataset: Any
+    image_column: str
+    label_column: str
+    transform: ImageTransform
+
+    @classmethod
+    def of(cls, dataset: Any, image_column: str, label_column: str, transform: ImageTransform) -> ImageRows:
+        """The rows of ``dataset``'s two columns, images left encoded.
+
+        Args:
+            dataset: A ``datasets.Dataset`` or ``IterableDataset``.
+            image_column: Its image column.
+            label_column: Its label column.
+            transform: The transform of every image.
+
+        Returns:
+            The rows.
+        """
         import datasets
 
-        if isinstance(dataset.features.get(image_column), datasets.Image):
-            # Decode ourselves, so that a corrupt file is reported by name.
+        features = getattr(dataset, "features", None)
+        if features is not None and isinstance(features.get(image_column), datasets.Image):
             dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-        self.dataset = dataset.select_columns([image_column, label_column])
-        self.image_column = image_column
-        self.label_column = label_column
-        self.transform = transform
+        return cls(
+            dataset.select_columns([image_column, label_column]), image_column, label_column, transform
+        )
+
+    def example(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], Image.Image]:
+        """A training example ``{"pixels", "class_labels"}`` of one row, and its decoded image.
+
+        Args:
+            row: The row.
+            where: How to name the image in an error (e.g. ``"row 12"``).
+
+        Returns:
+            ``(example, image)``.
+
+        Raises:
+            ValueError: If the image cannot be read (naming its file).
+        """
+        image = decode_image(row[self.image_column], where)
+        return {"pixels": self.transform(image), "class_labels": int(row[self.label_column])}, image
+
+
+class TransformedImageDataset(torch.utils.data.Dataset):
+    """A map-style dataset decoded and transformed per item (for datasets too big to cache).
+
+    Args:
+        rows: The dataset's :class:`ImageRows`.
+        report_crop_freedom: Add ``crop_free`` to each example: whether its image left the crop a choice.
+    """
+
+    def __init__(self, rows: ImageRows, report_crop_freedom: bool = False) -> None:
+        self.rows = rows
         self.report_crop_freedom = report_crop_freedom
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.rows.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.dataset[int(index)]
-        image = decode_image(row[self.image_column], f"row {index}")
-        example = {"pixels": self.transform(image), "class_labels": int(row[self.label_column])}
+        example, image = self.rows.example(self.rows.dataset[int(index)], f"row {index}")
         if self.report_crop_freedom:
-            example["crop_free"] = self.transform.crop_is_free(*image.size)
+            example["crop_free"] = self.rows.transform.crop_is_free(*image.size)
         return example
 
 
@@ -119,38 +158,18 @@ class CachedImageDataset(torch.utils.data.Dataset):
 
 
 class StreamingImageDataset(torch.utils.data.IterableDataset):
-    """A streamed ``datasets.IterableDataset``, shuffled per epoch, decoded and transformed as it goes.
+    """A streamed dataset, shuffled per epoch, decoded and transformed as it goes.
 
     Args:
-        dataset: The ``datasets.IterableDataset`` (already split for this process).
-        image_column: Its image column.
-        label_column: Its label column (``ClassLabel``).
-        transform: The :class:`ImageTransform`.
+        rows: The :class:`ImageRows` of a ``datasets.IterableDataset`` (already split for this process).
         seed: Shuffle seed; the epoch is added to it.
         shuffle_buffer_size: Size of the shuffle buffer (0 disables shuffling).
     """
 
-    def __init__(
-        self,
-        dataset: Any,
-        image_column: str,
-        label_column: str,
-        transform: ImageTransform,
-        seed: int = 0,
-        shuffle_buffer_size: int = 1000,
-    ) -> None:
-        import datasets
-
-        features = getattr(dataset, "features", None)
-        if features is not None and isinstance(features.get(image_column), datasets.Image):
-            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-        dataset = dataset.select_columns([image_column, label_column])
+    def __init__(self, rows: ImageRows, seed: int = 0, shuffle_buffer_size: int = 1000) -> None:
         if shuffle_buffer_size > 0:
-            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
-        self.dataset = dataset
-        self.image_column = image_column
-        self.label_column = label_column
-        self.transform = transform
+            rows = replace(rows, dataset=rows.dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size))
+        self.rows = rows
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -160,12 +179,11 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             epoch: The epoch; it is added to the shuffle seed.
         """
         self.epoch = epoch
-        self.dataset.set_epoch(epoch)
+        self.rows.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for position, row in enumerate(self.dataset):
-            image = decode_image(row[self.image_column], f"streamed example {position} of epoch {self.epoch}")
-            yield {"pixels": self.transform(image), "class_labels": int(row[self.label_column])}
+        for position, row in enumerate(self.rows.dataset):
+            yield self.rows.example(row, f"streamed example {position} of epoch {self.epoch}")[0]
 
 
 # ------------------------------------------------------------------------------------------ assembly
@@ -289,15 +307,12 @@ def build_image_cache(
     """
     from tqdm.auto import tqdm
 
-    random_crop = not dataset.transform.center_crop
+    transform = dataset.rows.transform
+    random_crop = not transform.center_crop
     # Decode with a centred crop and note whether any image left the crop a choice: a random crop of
     # a non-square image differs per epoch, which a fixed cache would freeze.
-    fixed = TransformedImageDataset.__new__(TransformedImageDataset)
-    fixed.__dict__.update(dataset.__dict__)
-    fixed.transform = ImageTransform(
-        dataset.transform.resolution, dataset.transform.num_channels, True, dataset.transform.interpolation
-    )
-    fixed.report_crop_freedom = True
+    centred = replace(transform, center_crop=True)
+    fixed = TransformedImageDataset(replace(dataset.rows, transform=centred), report_crop_freedom=True)
     loader = torch.utils.data.DataLoader(
         fixed, batch_size=256, shuffle=False, num_workers=num_workers, collate_fn=collate_examples
     )
@@ -369,19 +384,15 @@ def prepare_training_data(
     if config.streaming:
         if num_processes > 1:
             source = split_dataset_by_node(source, rank=process_index, world_size=num_processes)
+        rows = ImageRows.of(source, image_column, label_column, transform)
         dataset = StreamingImageDataset(
-            source,
-            image_column,
-            label_column,
-            transform,
-            seed=config.seed,
-            shuffle_buffer_size=config.shuffle_buffer_size,
+            rows, seed=config.seed, shuffle_buffer_size=config.shuffle_buffer_size
         )
         return TrainingData(
             dataset, id2label, num_channels, None, description, False, source, image_column, label_column
         )
 
-    per_item = TransformedImageDataset(source, image_column, label_column, transform)
+    per_item = TransformedImageDataset(ImageRows.of(source, image_column, label_column, transform))
     cache_bytes = len(per_item) * num_channels * config.resolution**2
     use_cache = config.cache_images == "yes" or (
         config.cache_images == "auto" and cache_bytes <= config.max_cache_bytes

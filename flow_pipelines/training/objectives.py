@@ -31,6 +31,7 @@ from ..paths import (
     get_path,
     shift_sigmas,
 )
+from .flags import settings_from_args
 
 TIME_SAMPLING_SCHEMES: tuple[str, ...] = ("uniform", "logit_normal", "mode")
 LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "sigma_sqrt", "cosmap")
@@ -381,15 +382,10 @@ def objective_from_args(args: argparse.Namespace, num_train_timesteps: int = 100
     """
     if not 0.0 <= args.label_dropout <= 1.0:
         raise ValueError(f"--label_dropout={args.label_dropout} must lie in [0, 1].")
-    return FlowMatchingObjective(
-        prediction_type=args.prediction_type,
+    return settings_from_args(
+        FlowMatchingObjective,
+        args,
         loss_target=args.loss_target or args.prediction_type,
-        time_sampling=args.time_sampling,
-        logit_mean=args.logit_mean,
-        logit_std=args.logit_std,
-        mode_scale=args.mode_scale,
-        shift=args.shift,
-        loss_weighting=args.loss_weighting,
         num_train_timesteps=num_train_timesteps,
         path=path_from_args(args),
     )
