@@ -9,7 +9,7 @@ import torch
 
 from flow_pipelines import DiTModel
 from flow_pipelines.models import DIT_PRESETS
-from flow_pipelines.models.transformer_dit import apply_rope, rope_2d_frequencies, timestep_embedding
+from flow_pipelines.models.embeddings import apply_rope, rope_2d_frequencies, timestep_embedding
 
 TINY = {
     "sample_size": 8,

@@ -39,7 +39,8 @@ import torch
 
 from ..file_utils import atomic_directory
 from ..paths import VPPath
-from .transformer_dit import DIT_PRESETS, DiTModel, sincos_2d_positions
+from .embeddings import sincos_2d_positions
+from .transformer_dit import DIT_PRESETS, DiTModel
 
 SOURCES: tuple[str, ...] = ("dit", "sit", "diffusers")
 

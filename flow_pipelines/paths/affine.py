@@ -1,42 +1,16 @@
-"""The path: how data, noise and time relate, and every conversion between what a model may predict.
+"""The affine path abstraction: conversions between predictions and the mapping onto the straight path.
 
-The package's convention, shared with diffusers' ``FlowMatch*`` schedulers, is the **straight path**::
-
-    x_sigma = (1 - sigma) * x0 + sigma * noise,   sigma in [0, 1], sigma = 1 is pure noise
-    timestep = sigma * num_train_timesteps,        velocity = dx_sigma / dsigma = noise - x0
-
-and sampling integrates ``dx/dsigma = velocity`` from sigma = 1 down to 0. Schedulers, the training loss, the
-guided velocity of a model and the likelihood all work on it.
-
-A model may be trained on any **affine path** in its own time ``t`` in [0, 1],
-
-    x_t = a(t) * x0 + b(t) * noise,   called with timestep = t * num_train_timesteps,
-
-predicting the path's velocity ``dx_t/dt = a'(t) x0 + b'(t) noise``, the data ``x0`` ("sample") or the noise
-("epsilon"). :class:`AffinePath` is that one abstraction; a path is its coefficients ``a, b`` (and their
-derivatives) and nothing else: :class:`LinearPath` (``a = 1 - t, b = t``: the straight path itself, the
-default), :class:`CosinePath`, :class:`VPPath`, :class:`CustomPath` (any user callables) and
-:class:`ReversedPath` (time running from noise to data, as in SiT and facebookresearch/flow_matching).
-
-Two facts make every conversion linear and every path samplable with every flow scheduler:
-
-- Given the point ``x`` at time ``t`` and a prediction ``p`` of any type, the data and noise estimates are
-  linear in ``(x, p)`` (:meth:`AffinePath.decompose`): ``x0 = (x - b p) / a`` for an epsilon prediction,
-  ``noise = (x - a p) / b`` for a sample one, and the 2 x 2 solve with ``a' x0 + b' noise = p`` for a velocity.
-  Any type converts to any other through them (:meth:`AffinePath.convert`).
-- With ``c = a + b``, ``x_t / c = (1 - sigma) x0 + sigma noise`` with ``sigma = b / (a + b)``: every affine path
-  is a change of time and scale of the straight one. A point ``x`` at our noise level ``sigma`` is the point
-  ``c * x`` at the path time ``t(sigma)``; :meth:`AffinePath.at_sigma` gives the model's input and timestep
-  there and turns its output into our velocity (for the straight path all of it is the identity).
-
-A path whose noise levels do not span [0, 1] (the VP path ends at ``sigma(1) < 1``) is evaluated at its end
-for noise levels beyond it.
+:class:`AffinePath` is ``x_t = a(t) x0 + b(t) noise`` in a model's own time ``t``; everything that converts
+between velocity, sample, epsilon and score, and everything that maps our noise level onto a path, is written
+here once, for every path. :class:`LinearPath` (the straight path, :data:`STRAIGHT_PATH`) and
+:class:`ReversedPath` (time running the other way) are defined here too; the curved paths are in
+:mod:`flow_pipelines.paths.curved`. See :mod:`flow_pipelines.paths` for the convention.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +20,6 @@ PREDICTION_TYPES: tuple[str, ...] = ("velocity", "sample", "epsilon")
 PREDICTION_TYPE_ALIASES: dict[str, str] = {"flow_prediction": "velocity"}
 """Other libraries' names of our prediction types (diffusers' multistep solvers call the velocity so)."""
 
-PATH_NAMES: tuple[str, ...] = ("linear", "cosine", "vp")
 
 # Dividing by a coefficient that vanishes at one end of a path (b at the data end for a sample prediction, a at
 # the noise end for an epsilon prediction) is meaningless there: the prediction carries no information.
@@ -54,7 +27,6 @@ _DIVISION_FLOOR = 1e-6
 # |a + b| below this makes x / (a + b) meaningless.
 _SCALE_FLOOR = 1e-12
 _BISECTION_STEPS = 64
-_CHECK_GRID_POINTS = 1025
 
 Coefficient = float | torch.Tensor
 CoefficientFunction = Callable[[torch.Tensor], torch.Tensor | float]
@@ -565,197 +537,6 @@ class LinearPath(AffinePath):
         return _as_time(sigma).clamp(0.0, 1.0)
 
 
-class CosinePath(AffinePath):
-    """The cosine (GVP) path ``a = cos(pi t / 2)``, ``b = sin(pi t / 2)``; ``t(sigma) = (2 / pi) atan2(sigma, 1 - sigma)``."""
-
-    name = "cosine"
-
-    def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`AffinePath.coefficients`."""
-        angle = 0.5 * math.pi * time
-        return torch.cos(angle), torch.sin(angle)
-
-    def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`AffinePath.derivatives`."""
-        angle = 0.5 * math.pi * time
-        return -0.5 * math.pi * torch.sin(angle), 0.5 * math.pi * torch.cos(angle)
-
-    def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
-        """Closed form; see :meth:`AffinePath.time_from_sigma`."""
-        sigma = _as_time(sigma).clamp(0.0, 1.0)
-        return (torch.atan2(sigma, 1.0 - sigma) * (2.0 / math.pi)).clamp(0.0, 1.0)
-
-
-def _check_finite_number(label: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{label}={value!r} must be a finite number.")
-
-
-class VPPath(AffinePath):
-    """The variance-preserving path ``a = sqrt(abar)``, ``b = sqrt(1 - abar)`` of the VP SDE.
-
-    ``abar(t) = exp(-L(t))`` with ``L(t) = beta_min t + (beta_max - beta_min) t^2 / 2``. The defaults match
-    DDPM's linear betas ``1e-4 … 0.02`` over 1000 steps at ``timestep = t * 1000``; :meth:`from_ddpm_betas`
-    derives them for other schedules. The inverse is the positive root of ``L(t) = log(1 + (sigma / (1 -
-    sigma))^2)``. The path ends short of pure noise, at ``sigma(1) < 1`` (0.99347 for the defaults); larger
-    noise levels map to ``t = 1``. Its velocity target ``b'(t) ~ 1 / sqrt(t)`` is infinite at ``t = 0``, so
-    training stays above ``t = 1e-5``.
-
-    Args:
-        beta_min: ``beta(0)`` (>= 0).
-        beta_max: ``beta(1)`` (> 0).
-
-    Raises:
-        ValueError: For a negative ``beta_min``, a non-positive ``beta_max`` or non-finite values.
-    """
-
-    name = "vp"
-    parameters = ("beta_min", "beta_max")
-    training_time_range = (1e-5, 1.0)
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
-        _check_finite_number("beta_min", beta_min)
-        _check_finite_number("beta_max", beta_max)
-        if beta_min < 0 or beta_max <= 0:
-            raise ValueError(
-                f"VP path needs beta_min >= 0 and beta_max > 0; got beta_min={beta_min}, beta_max={beta_max}."
-            )
-        self.beta_min = float(beta_min)
-        self.beta_max = float(beta_max)
-
-    @classmethod
-    def from_ddpm_betas(
-        cls, beta_start: float = 1e-4, beta_end: float = 0.02, num_train_timesteps: int = 1000
-    ) -> VPPath:
-        """The VP path of DDPM's linear beta schedule (``beta_min = beta_start * N``, ``beta_max = beta_end * N``).
-
-        Args:
-            beta_start: DDPM's first beta.
-            beta_end: DDPM's last beta.
-            num_train_timesteps: DDPM's number of steps ``N``.
-
-        Returns:
-            The path.
-        """
-        return cls(beta_start * num_train_timesteps, beta_end * num_train_timesteps)
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """``{"beta_min": ..., "beta_max": ...}``."""
-        return {"beta_min": self.beta_min, "beta_max": self.beta_max}
-
-    def _exponent(self, time: torch.Tensor) -> torch.Tensor:
-        """``L(t) = -log abar(t)``."""
-        return self.beta_min * time + 0.5 * (self.beta_max - self.beta_min) * time**2
-
-    def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`AffinePath.coefficients`."""
-        exponent = self._exponent(time)
-        return torch.exp(-0.5 * exponent), torch.sqrt(-torch.expm1(-exponent))
-
-    def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`AffinePath.derivatives`; ``b'`` is infinite at ``t = 0`` (``b ~ sqrt(beta_min t)``)."""
-        a, b = self.coefficients(time)
-        beta = self.beta_min + (self.beta_max - self.beta_min) * time
-        return -0.5 * beta * a, 0.5 * beta * a * a / b
-
-    def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
-        """Closed form, clamped to ``t = 1`` beyond ``sigma(1)``; see :meth:`AffinePath.time_from_sigma`."""
-        sigma = _as_time(sigma).clamp(0.0, 1.0)
-        inside = sigma < self.sigma_range[1]
-        # Beyond the path's range the formula would divide by 1 - sigma = 0 or exceed t = 1.
-        safe = torch.where(inside, sigma, torch.zeros_like(sigma))
-        exponent = torch.log1p((safe / (1.0 - safe)) ** 2)
-        # The positive root of (beta_max - beta_min) t^2 / 2 + beta_min t - L = 0, written without a
-        # cancelling difference (and valid for beta_max = beta_min).
-        root = torch.sqrt(self.beta_min**2 + 2.0 * (self.beta_max - self.beta_min) * exponent)
-        denominator = self.beta_min + root
-        time = torch.where(
-            denominator > 0, 2.0 * exponent / denominator.clamp(min=1e-300), torch.zeros_like(safe)
-        )
-        return torch.where(inside, time.clamp(0.0, 1.0), torch.ones_like(time))
-
-
-class CustomPath(AffinePath):
-    """Any affine path from user callables ``a(t)``, ``b(t)`` (and optionally their derivatives).
-
-    The callables take a float64 tensor of times and return a tensor (or number) broadcastable to it;
-    derivatives default to autograd through them. ``t(sigma)`` is found by bisection, so ``sigma(t) = b / (a +
-    b)`` must not decrease on [0, 1] (checked on a grid here). A path of functions cannot be saved by name: it
-    is for training scripts and hand-written samplers; a saved model names one of :data:`PATH_NAMES`.
-
-    Args:
-        a: The data coefficient ``a(t)``.
-        b: The noise coefficient ``b(t)``.
-        da: Optional ``a'(t)``.
-        db: Optional ``b'(t)``.
-
-    Raises:
-        ValueError: If an argument is not callable, a coefficient is not finite on [0, 1], or ``b / (a + b)``
-            decreases somewhere on [0, 1].
-    """
-
-    name = "custom"
-
-    def __init__(
-        self,
-        a: CoefficientFunction,
-        b: CoefficientFunction,
-        da: CoefficientFunction | None = None,
-        db: CoefficientFunction | None = None,
-    ) -> None:
-        for label, function in (("a", a), ("b", b), ("da", da), ("db", db)):
-            if function is not None and not callable(function):
-                raise ValueError(f"{label}={function!r} must be a callable of the path time t.")
-        self._a, self._b, self._da, self._db = a, b, da, db
-        grid = torch.linspace(0.0, 1.0, _CHECK_GRID_POINTS, dtype=torch.float64)
-        a_grid, b_grid = self.coefficients(grid)
-        for label, values in (("a", a_grid), ("b", b_grid)):
-            if not bool(torch.isfinite(values).all()):
-                bad = int((~torch.isfinite(values)).nonzero()[0])
-                raise ValueError(
-                    f"{label}(t) is not finite at t={float(grid[bad]):.6g}: {float(values[bad])}."
-                )
-        scale = a_grid + b_grid
-        defined = scale.abs() > _SCALE_FLOOR
-        sigma, times = (b_grid / scale)[defined], grid[defined]
-        drops = (sigma[1:] - sigma[:-1] < -1e-9).nonzero()
-        if len(drops):
-            index = int(drops[0])
-            raise ValueError(
-                f"sigma(t) = b / (a + b) decreases from {float(sigma[index]):.6g} at t={float(times[index]):.6g} "
-                f"to {float(sigma[index + 1]):.6g} at t={float(times[index + 1]):.6g}; the mapping onto the "
-                "straight path needs it non-decreasing on [0, 1] (noise growing with t; wrap the path in "
-                "ReversedPath for time running the other way)."
-            )
-
-    @staticmethod
-    def _evaluate(function: CoefficientFunction, time: torch.Tensor) -> torch.Tensor:
-        value = torch.as_tensor(function(time), dtype=time.dtype, device=time.device)
-        return torch.broadcast_to(value, time.shape)
-
-    @staticmethod
-    def _differentiate(function: CoefficientFunction, time: torch.Tensor) -> torch.Tensor:
-        """Elementwise derivative by autograd (the coefficient functions act elementwise)."""
-        with torch.enable_grad():
-            leaf = time.detach().clone().requires_grad_(True)
-            value = CustomPath._evaluate(function, leaf)
-            if not value.requires_grad:  # a constant coefficient
-                return torch.zeros_like(time)
-            (gradient,) = torch.autograd.grad(value.sum(), leaf)
-        return gradient
-
-    def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`AffinePath.coefficients`."""
-        return self._evaluate(self._a, time), self._evaluate(self._b, time)
-
-    def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The given derivatives, else autograd; see :meth:`AffinePath.derivatives`."""
-        da = self._evaluate(self._da, time) if self._da is not None else self._differentiate(self._a, time)
-        db = self._evaluate(self._db, time) if self._db is not None else self._differentiate(self._b, time)
-        return da, db
-
-
 class ReversedPath(AffinePath):
     """A path with time running the other way, from noise (``t = 0``) to data (``t = 1``): ``a(1 - t)``, ``b(1 - t)``.
 
@@ -809,51 +590,3 @@ class ReversedPath(AffinePath):
 
 STRAIGHT_PATH = LinearPath()
 """The package's own path: ``x_sigma = (1 - sigma) x0 + sigma noise`` with ``t = sigma``."""
-
-_PATHS: dict[str, type[AffinePath]] = {"linear": LinearPath, "cosine": CosinePath, "vp": VPPath}
-
-
-def get_path(name: str, reverse_time: bool = False, **kwargs: Any) -> AffinePath:
-    """Build a named path.
-
-    Args:
-        name: ``"linear"``, ``"cosine"`` or ``"vp"``.
-        reverse_time: Time running from noise (``t = 0``) to data (``t = 1``), see :class:`ReversedPath`.
-        **kwargs: The path's parameters (``beta_min``, ``beta_max`` for ``"vp"``; none for the others).
-
-    Returns:
-        The path.
-
-    Raises:
-        ValueError: For an unknown name (the message lists the known ones) or parameters the path does not take.
-    """
-    if not isinstance(name, str) or name not in _PATHS:
-        raise ValueError(f"Unknown path {name!r}; known paths: {', '.join(PATH_NAMES)}.")
-    path_class = _PATHS[name]
-    unknown = sorted(set(kwargs) - set(path_class.parameters))
-    if unknown:
-        allowed = ", ".join((*path_class.parameters, "reverse_time"))
-        raise ValueError(f"path {name!r} does not take {unknown}; allowed parameters: {allowed}.")
-    if not isinstance(reverse_time, bool):
-        raise ValueError(f"reverse_time={reverse_time!r} must be True or False.")
-    path = path_class(**kwargs)
-    return ReversedPath(path) if reverse_time else path
-
-
-def path_from_config(config: Mapping[str, Any] | Any) -> AffinePath:
-    """The path a model was trained on, from its config (``path`` and ``path_kwargs``; the straight path if absent).
-
-    Args:
-        config: A model config (a ``FrozenDict`` / mapping, or an object with attributes).
-
-    Returns:
-        The path.
-
-    Raises:
-        ValueError: For an unknown path name or parameters.
-    """
-
-    def read(key: str) -> Any:
-        return config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
-
-    return get_path(read("path") or "linear", **(read("path_kwargs") or {}))
