@@ -36,12 +36,15 @@ def timestep_embedding(
 
 
 def _patch_coordinates(
-    grid_height: int, grid_width: int, device: torch.device | None
+    grid_height: int, grid_width: int, device: torch.device | None, width: int, needs: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
     """Row and column index of every patch, row-major, as float columns ``(tokens, 1)``, and the device.
 
-    Positions are computed in float64 (as the original DiT's numpy code did) except where unsupported.
+    Positions are computed in float64 (as the original DiT's numpy code did) except where unsupported. Both
+    tables split their ``width`` four ways (two axes, two functions), so it must be divisible by 4.
     """
+    if width % 4:
+        raise ValueError(f"{needs} divisible by 4; got {width}.")
     device = torch.device("cpu") if device is None else torch.device(device)
     dtype = torch.float32 if device.type == "mps" else torch.float64
     rows, columns = torch.meshgrid(
@@ -72,9 +75,9 @@ def sincos_2d_positions(
     Raises:
         ValueError: If ``dim`` is not divisible by 4.
     """
-    if dim % 4:
-        raise ValueError(f"sin-cos positions need a width divisible by 4; got {dim}.")
-    rows, columns, device = _patch_coordinates(grid_height, grid_width, device)
+    rows, columns, device = _patch_coordinates(
+        grid_height, grid_width, device, dim, "sin-cos positions need a width"
+    )
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=rows.dtype, device=device) / quarter)
 
@@ -110,9 +113,8 @@ def rope_2d_frequencies(
     Raises:
         ValueError: If ``head_dim`` is not divisible by 4.
     """
-    if head_dim % 4:
-        raise ValueError(f"2-D rotary embeddings need a head dimension divisible by 4; got {head_dim}.")
-    rows, columns, device = _patch_coordinates(grid_height, grid_width, device)
+    needs = "2-D rotary embeddings need a head dimension"
+    rows, columns, device = _patch_coordinates(grid_height, grid_width, device, head_dim, needs)
     axis_dim = head_dim // 2
     frequencies = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=rows.dtype, device=device) / axis_dim)
     angles = torch.cat([rows * frequencies[None], columns * frequencies[None]], dim=1).repeat_interleave(
