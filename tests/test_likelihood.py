@@ -175,36 +175,22 @@ def test_model_outputs_of_every_prediction_type_give_the_closed_form(prediction_
     assert (result.log_prob - model.flow.log_prob(x)).abs().max().item() / 4 < 1e-3
 
 
-def tiny_dit(prediction_type: str = "velocity") -> DiTModel:
-    torch.manual_seed(0)
-    model = DiTModel(
-        sample_size=4,
-        patch_size=2,
-        in_channels=1,
-        hidden_size=16,
-        num_layers=1,
-        num_attention_heads=2,
-        mlp_ratio=2.0,
-        num_classes=3,
-        prediction_type=prediction_type,
-    )
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.2 * torch.randn_like(parameter))
-    return model.double().eval()
+@pytest.fixture
+def tiny_dit(make_dit) -> DiTModel:
+    """A 4x4, one-layer, three-class `make_dit` in float64, its weights perturbed by 0.2."""
+    return make_dit(sample_size=4, hidden_size=16, num_layers=1, num_classes=3, scale=0.2, float64=True)
 
 
-def test_exact_divergence_of_a_dit_matches_finite_differences():
-    model = tiny_dit()
+def test_exact_divergence_of_a_dit_matches_finite_differences(tiny_dit):
     labels = torch.tensor([0, 2])
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     sigma = torch.tensor([0.3, 0.7], dtype=torch.float64)
-    _, divergence = velocity_divergence(GuidedVelocity(model, class_labels=labels), x, sigma)
+    _, divergence = velocity_divergence(GuidedVelocity(tiny_dit, class_labels=labels), x, sigma)
 
     # Central differences along each of the 16 axes, all in one batch (the model treats samples independently).
     step = 1e-5
     bumps = (step * torch.eye(16, dtype=torch.float64)).view(16, 1, 1, 1, 4, 4)
-    batched = GuidedVelocity(model, class_labels=labels.repeat(16))
+    batched = GuidedVelocity(tiny_dit, class_labels=labels.repeat(16))
     with torch.no_grad():
         plus = batched((x + bumps).reshape(32, 1, 4, 4), sigma.repeat(16)).view(16, 2, 16)
         minus = batched((x - bumps).reshape(32, 1, 4, 4), sigma.repeat(16)).view(16, 2, 16)
@@ -215,26 +201,25 @@ def test_exact_divergence_of_a_dit_matches_finite_differences():
     probes = (
         torch.randint(0, 2, (1, 1024, 1, 4, 4), generator=torch.Generator().manual_seed(8)).double() * 2 - 1
     )
-    repeated = GuidedVelocity(model, class_labels=labels.repeat(512))
+    repeated = GuidedVelocity(tiny_dit, class_labels=labels.repeat(512))
     _, singles = velocity_divergence(repeated, x.repeat(512, 1, 1, 1), sigma.repeat(512), probes)
     singles = singles.view(512, 2)
     assert ((singles.mean(0) - divergence).abs() < 4 * singles.std(0) / math.sqrt(512)).all()
     assert (singles.std(0) > 0).all()
 
 
-def test_guided_velocity_is_uncond_plus_scale_times_difference():
-    model = tiny_dit()
+def test_guided_velocity_is_uncond_plus_scale_times_difference(tiny_dit):
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     sigma = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    cond = GuidedVelocity(model, class_labels=[1, 2])(x, sigma)
-    uncond = GuidedVelocity(model)(x, sigma)
-    guided = GuidedVelocity(model, class_labels=[1, 2], guidance_scale=3.0)(x, sigma)
+    cond = GuidedVelocity(tiny_dit, class_labels=[1, 2])(x, sigma)
+    uncond = GuidedVelocity(tiny_dit)(x, sigma)
+    guided = GuidedVelocity(tiny_dit, class_labels=[1, 2], guidance_scale=3.0)(x, sigma)
     torch.testing.assert_close(guided, uncond + 3.0 * (cond - uncond))
     assert not torch.allclose(cond, uncond)
 
 
-def test_likelihood_of_a_dit_is_finite_and_reproducible():
-    velocity = GuidedVelocity(tiny_dit(), class_labels=1)
+def test_likelihood_of_a_dit_is_finite_and_reproducible(tiny_dit):
+    velocity = GuidedVelocity(tiny_dit, class_labels=1)
     x = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1
     first = log_likelihood(
         velocity, x, num_steps=4, divergence="hutchinson", generator=torch.Generator().manual_seed(0)

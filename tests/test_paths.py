@@ -356,27 +356,6 @@ def test_generic_affine_path_matches_the_named_one():
 
 
 # ----------------------------------------------------------------------------- the pipeline
-def tiny_path_model(path: str, prediction_type: str = "velocity", seed: int = 0, **path_kwargs) -> DiTModel:
-    torch.manual_seed(seed)
-    model = DiTModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=1,
-        hidden_size=32,
-        num_layers=2,
-        num_attention_heads=2,
-        mlp_ratio=2.0,
-        num_classes=10,
-        prediction_type=prediction_type,
-        path=path,
-        path_kwargs=path_kwargs or None,
-    )
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model.eval()
-
-
 def hand_written_velocity(model, name, prediction_type, labels, scale, **path_kwargs):
     """Our guided velocity at ``(x, sigma)`` with the mapping spelled out: root-found s, c * x in, 2 x 2 solve out."""
     coefficients = functools.partial(REFERENCES[name], **path_kwargs)
@@ -431,8 +410,10 @@ def latents_for(batch: int, seed: int = 0) -> torch.Tensor:
         ("vp", "epsilon", {"beta_min": 0.2, "beta_max": 15.0}),
     ],
 )
-def test_pipeline_samples_a_path_model_as_the_hand_written_mapping(name, prediction_type, path_kwargs):
-    model = tiny_path_model(name, prediction_type, **path_kwargs)
+def test_pipeline_samples_a_path_model_as_the_hand_written_mapping(
+    make_dit, name, prediction_type, path_kwargs
+):
+    model = make_dit(path=name, prediction_type=prediction_type, path_kwargs=path_kwargs or None)
     pipe = FlowPipeline(transformer=model, scheduler=FlowEulerScheduler())
     pipe.set_progress_bar_config(disable=True)
     assert pipe.path.name == name and pipe.path.kwargs == path_kwargs
@@ -446,9 +427,9 @@ def test_pipeline_samples_a_path_model_as_the_hand_written_mapping(name, predict
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_every_flow_scheduler_samples_a_cosine_model(tmp_path):
+def test_every_flow_scheduler_samples_a_cosine_model(make_dit, tmp_path):
     """Each scheduler, ours and diffusers', drives the saved-and-reloaded cosine model through the mapping."""
-    model = tiny_path_model("cosine", seed=1)
+    model = make_dit(path="cosine", seed=1)
     pipe = FlowPipeline(transformer=model, scheduler=FlowEulerScheduler())
     pipe.save_pretrained(tmp_path / "cosine")
     pipe = FlowPipeline.from_pretrained(tmp_path / "cosine")
@@ -591,14 +572,12 @@ def test_a_path_whose_scale_vanishes_on_the_sampling_grid_is_rejected():
         CustomPath(lambda s: 1 - s, 0.5)
 
 
-def test_a_learned_variance_half_is_dropped_and_other_layouts_are_rejected():
+def test_a_learned_variance_half_is_dropped_and_other_layouts_are_rejected(make_dit):
     """A model with twice the channels out (the original DiT's epsilon + variance) samples as its first half."""
     small = {"sample_size": 8, "in_channels": 2, "hidden_size": 32, "num_layers": 1, "num_attention_heads": 2}
-    torch.manual_seed(0)
-    doubled = DiTModel(**small, out_channels=4, path="vp", prediction_type="epsilon")
-    with torch.no_grad():
-        for parameter in doubled.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    # DiTModel's own defaults for the rest (MLP ratio 4, 1000 classes), as in the plain models below.
+    defaults = {"mlp_ratio": 4.0, "num_classes": 1000}
+    doubled = make_dit(**small, **defaults, out_channels=4, path="vp", prediction_type="epsilon")
     halved = DiTModel(**small, out_channels=2, path="vp", prediction_type="epsilon")
     state = doubled.state_dict()
     # Output rows are (row_in_patch * patch + column_in_patch) * out_channels + channel: keep channels 0 and 1.
