@@ -20,7 +20,7 @@ from flow_pipelines.evaluation.reference import iter_reference, open_reference, 
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.images import quantize_images
 
-from .test_frechet import scipy_frechet
+from .oracles import scipy_frechet
 
 
 def digits_pixels() -> torch.Tensor:

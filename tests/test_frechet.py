@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 from PIL import Image
 
@@ -21,13 +20,7 @@ from flow_pipelines.evaluation.frechet import (
 from flow_pipelines.evaluation.inception import FIDInceptionV3, InceptionFeatureExtractor, resize_bilinear_tf1
 from flow_pipelines.images import quantize_images, to_rgb
 
-
-def scipy_frechet(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """The textbook computation (pytorch-fid / ADM): scipy's general matrix square root of sigma1 sigma2."""
-    mu1, mu2 = features_a.mean(0), features_b.mean(0)
-    sigma1, sigma2 = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
-    root = scipy.linalg.sqrtm(sigma1 @ sigma2).real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
+from .oracles import scipy_frechet
 
 
 def tiny_dinov2(seed: int = 0, hidden_size: int = 16):

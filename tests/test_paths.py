@@ -1,7 +1,8 @@
 """Affine paths (linear, cosine, VP, user-given) and their mapping onto the straight path.
 
 The reference for every path is independent of `flow_pipelines.paths`: the coefficients are written out
-below, and the exact model of Gaussian data on a path is Gaussian conditioning of ``a x0 + b noise``.
+in `tests/oracles.py`, and the exact model of Gaussian data on a path is Gaussian conditioning of
+``a x0 + b noise``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
-from scipy.optimize import brentq
 
 from flow_pipelines import DiTModel, FlowEulerScheduler, FlowHeunScheduler, FlowPipeline
-from flow_pipelines.analytic import GaussianFlow, sample_with_scheduler
+from flow_pipelines.analytic import sample_with_scheduler
 from flow_pipelines.models.conversion import convert_diffusers_dit, convert_original_checkpoint
 from flow_pipelines.paths import (
     PATH_NAMES,
@@ -33,47 +33,9 @@ from flow_pipelines.paths import (
 from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
 from tests.test_conversion import RefDiT, perturbed, tiny_diffusers_dit
 
-GAUSSIAN = GaussianFlow(mean=torch.tensor([1.5, -2.0, 0.3, 0.0]), std=torch.tensor([0.2, 0.5, 1.3, 1.0]))
+from .oracles import GAUSSIAN, REFERENCES, noise, reference_time, vp_reference
+
 PREDICTION_TYPES = ("velocity", "sample", "epsilon")
-
-
-# ----------------------------------------------------------------------------- reference coefficients
-def cosine_reference(s: float) -> tuple[float, float, float, float]:
-    """``(a, b, a', b')`` of the cosine path, written out."""
-    return (
-        math.cos(math.pi * s / 2),
-        math.sin(math.pi * s / 2),
-        -math.pi / 2 * math.sin(math.pi * s / 2),
-        math.pi / 2 * math.cos(math.pi * s / 2),
-    )
-
-
-def vp_reference(
-    s: float, beta_min: float = 0.1, beta_max: float = 20.0
-) -> tuple[float, float, float, float]:
-    """``(a, b, a', b')`` of the VP path: ``abar = exp(-int_0^s beta)``, ``beta(s)`` linear."""
-    integral = beta_min * s + 0.5 * (beta_max - beta_min) * s * s
-    beta = beta_min + (beta_max - beta_min) * s
-    abar = math.exp(-integral)
-    a, b = math.sqrt(abar), math.sqrt(1 - abar)
-    return a, b, -0.5 * beta * a, 0.5 * beta * abar / b if b > 0 else math.inf
-
-
-REFERENCES = {"cosine": cosine_reference, "vp": vp_reference}
-
-
-def reference_time(name: str, sigma: float, **path_kwargs: float) -> float:
-    """``s`` with ``b / (a + b) = sigma`` by root finding on the written-out coefficients; 1 beyond the range."""
-
-    def excess(s: float) -> float:
-        a, b, _, _ = REFERENCES[name](s, **path_kwargs)
-        return b / (a + b) - sigma
-
-    if excess(1.0) <= 0:
-        return 1.0
-    if sigma <= 0:
-        return 0.0
-    return brentq(excess, 0.0, 1.0, xtol=1e-15, rtol=1e-15)
 
 
 def exact_path_model(name: str, prediction_type: str):
@@ -108,10 +70,6 @@ def through_mapping(path: AffinePath, model, model_prediction: str, target: str 
 
 def linear_model(sample: torch.Tensor, timestep) -> torch.Tensor:
     return GAUSSIAN.velocity(sample.double(), float(timestep) / 1000)
-
-
-def noise(batch: int = 2048, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------- the paths themselves

@@ -14,35 +14,23 @@ from diffusers import (
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
 
 from flow_pipelines import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler
-from flow_pipelines.analytic import GaussianFlow, sample_with_scheduler
+from flow_pipelines.analytic import sample_with_scheduler
 from flow_pipelines.paths import STRAIGHT_PATH
 from flow_pipelines.schedulers import DIFFUSION_FORMS
 
+from .oracles import GAUSSIAN, exact_model, noise
+
 OURS = [FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler]
 DIFFUSERS_FLOW = [FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler]
-
-GAUSSIAN = GaussianFlow(mean=torch.tensor([1.5, -2.0, 0.3, 0.0]), std=torch.tensor([0.2, 0.5, 1.3, 1.0]))
-
-
-def exact_model(prediction_type="velocity"):
-    """The exact model of the Gaussian flow, called like a transformer: (sample, timestep) -> output."""
-
-    def predict(sample, timestep):
-        sigma = float(timestep) / 1000
-        return GAUSSIAN.prediction(sample.double(), sigma, prediction_type).to(sample.dtype)
-
-    return predict
-
-
-def noise(batch=2048, seed=0):
-    return torch.randn(batch, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def endpoint_error(scheduler, steps=None, sigmas=None, prediction_type="velocity", start=None, z=None):
     z = noise() if z is None else z
     start = 1.0 if start is None else start
     x = GAUSSIAN.transport(z, 1.0, start) if start < 1.0 else z
-    out, nfe = sample_with_scheduler(scheduler, exact_model(prediction_type), x, steps, sigmas)
+    out, nfe = sample_with_scheduler(
+        scheduler, exact_model(prediction_type=prediction_type), x, steps, sigmas
+    )
     return (out.double() - GAUSSIAN.transport(z, 1.0)).abs().max().item(), nfe
 
 
@@ -168,7 +156,7 @@ def test_prediction_types_give_the_same_endpoint(cls):
         x = GAUSSIAN.transport(z, 1.0, 0.99).float()
         generator = torch.Generator().manual_seed(0)
         out, _ = sample_with_scheduler(
-            scheduler, exact_model(prediction_type), x, sigmas=sigmas, generator=generator
+            scheduler, exact_model(prediction_type=prediction_type), x, sigmas=sigmas, generator=generator
         )
         endpoints.append(out)
     assert torch.allclose(endpoints[0], endpoints[1], atol=1e-4)
