@@ -7,17 +7,15 @@ in `tests/oracles.py`, and the exact model of Gaussian data on a path is Gaussia
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDPMScheduler
 
-from flow_pipelines import DiTModel, FlowEulerScheduler, FlowHeunScheduler, FlowPipeline
+from flow_pipelines import DiTModel, FlowEulerScheduler, FlowHeunScheduler
 from flow_pipelines.analytic import sample_with_scheduler
-from flow_pipelines.models.conversion import convert_diffusers_dit, convert_original_checkpoint
 from flow_pipelines.paths import (
     PATH_NAMES,
     STRAIGHT_PATH,
@@ -30,7 +28,6 @@ from flow_pipelines.paths import (
     get_path,
     path_from_config,
 )
-from tests.test_conversion import RefDiT, perturbed, tiny_diffusers_dit
 
 from .oracles import GAUSSIAN, REFERENCES, noise, reference_time, vp_reference
 
@@ -167,6 +164,41 @@ def test_the_linear_path_is_the_straight_one_and_its_mapping_the_identity():
     )
     torch.testing.assert_close(
         path.score(v, x, 0.37, "velocity"), -(x + 0.63 * v) / 0.37, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_conversions_round_trip_and_match_the_path():
+    gen = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    sigma = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    x = STRAIGHT_PATH.interpolate(x0, eps, sigma)
+    v = eps - x0
+    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "sample"), x0, atol=1e-6)
+    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "epsilon"), eps, atol=1e-6)
+    for source, value in (("velocity", v), ("sample", x0), ("epsilon", eps)):
+        for target, expected in (("velocity", v), ("sample", x0), ("epsilon", eps)):
+            converted = STRAIGHT_PATH.convert(value, x, sigma, source, target)
+            assert torch.allclose(converted, expected, atol=1e-5), (source, target)
+    # The score of the conditional path N((1 - sigma) x0, sigma^2) at x is -eps / sigma.
+    assert torch.allclose(STRAIGHT_PATH.score(v, x, sigma, "velocity"), -eps / sigma[:, None], atol=1e-5)
+
+
+def test_straight_path_targets_are_the_exact_path_quantities() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 2, 4, 4, generator=generator, dtype=torch.float64)
+    noise = torch.randn(6, 2, 4, 4, generator=generator, dtype=torch.float64)
+    sigmas = torch.linspace(0.05, 0.95, 6, dtype=torch.float64)
+    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), noise - x0)
+    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "sample"), x0)
+    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "epsilon"), noise)
+    # The velocity is the derivative of the path in sigma.
+    step = 1e-6
+    derivative = (
+        STRAIGHT_PATH.interpolate(x0, noise, sigmas + step)
+        - STRAIGHT_PATH.interpolate(x0, noise, sigmas - step)
+    ) / (2 * step)
+    torch.testing.assert_close(
+        derivative, STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), atol=1e-8, rtol=0
     )
 
 
@@ -310,55 +342,6 @@ def test_generic_affine_path_matches_the_named_one():
     error, _, out = _endpoint_error(FlowHeunScheduler, mapped, 16, 1.0)
     _, _, linear_out = _endpoint_error(FlowHeunScheduler, linear_model, 16, 1.0)
     torch.testing.assert_close(out, linear_out, rtol=1e-6, atol=1e-6)
-
-
-# ----------------------------------------------------------------------------- the pipeline
-def test_converted_dit_checkpoint_samples_through_the_vp_mapping(tmp_path):
-    reference = perturbed(RefDiT(in_channels=4, num_classes=10), seed=7)
-    torch.save(reference.state_dict(), tmp_path / "dit.pt")
-    reference.double()
-    model = convert_original_checkpoint(tmp_path / "dit.pt", "dit", num_attention_heads=4).double()
-    assert model.config.path == "vp" and model.config.path_kwargs == {"beta_min": 0.1, "beta_max": 20.0}
-    assert model.config.out_channels == 8
-    pipe = FlowPipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler())
-    pipe.set_progress_bar_config(disable=True)
-
-    received = []
-    original_step = pipe.scheduler.step
-
-    @functools.wraps(original_step)
-    def recording_step(model_output, timestep, sample, *args, **kwargs):
-        received.append((model_output.clone(), float(timestep), sample.clone()))
-        return original_step(model_output, timestep, sample, *args, **kwargs)
-
-    pipe.scheduler.step = recording_step
-    labels = [2, 5]
-    images = pipe(labels, num_inference_steps=6, guidance_scale=1.0, output_type="latent").images
-    assert images.shape == (2, 4, 8, 8) and images.dtype == torch.float64 and torch.isfinite(images).all()
-    assert len(received) == 6
-    for model_output, timestep, sample in received:
-        sigma = timestep / 1000
-        s = reference_time("vp", sigma)
-        a, b, _, _ = vp_reference(s)
-        with torch.no_grad():
-            original = reference(
-                (a + b) * sample, torch.full((2,), s * 1000, dtype=torch.float64), torch.tensor(labels)
-            )
-        eps = original[:, :4]  # the learned-variance channels are dropped
-        x0 = ((a + b) * sample - b * eps) / a
-        expected = eps - x0
-        torch.testing.assert_close(model_output, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
-
-
-def test_converted_diffusers_ddpm_dit_records_the_vp_path():
-    model = convert_diffusers_dit(tiny_diffusers_dit())
-    assert model.config.path == "vp" and isinstance(path_from_config(model.config), VPPath)
-    assert (
-        path_from_config(
-            DiTModel(sample_size=8, hidden_size=32, num_layers=1, num_attention_heads=2).config
-        ).name
-        == "linear"
-    )
 
 
 # ----------------------------------------------------------------------------- bad input

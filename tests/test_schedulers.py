@@ -39,32 +39,6 @@ def slope(cls, steps_list, **config):
     return np.polyfit(np.log(nfes), np.log(errors), 1)[0]
 
 
-# ----------------------------------------------------------------------------- the path module
-def test_conversions_round_trip_and_match_the_path():
-    gen = torch.Generator().manual_seed(1)
-    x0, eps = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
-    sigma = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
-    x = STRAIGHT_PATH.interpolate(x0, eps, sigma)
-    v = eps - x0
-    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "sample"), x0, atol=1e-6)
-    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "epsilon"), eps, atol=1e-6)
-    for source, value in (("velocity", v), ("sample", x0), ("epsilon", eps)):
-        for target, expected in (("velocity", v), ("sample", x0), ("epsilon", eps)):
-            converted = STRAIGHT_PATH.convert(value, x, sigma, source, target)
-            assert torch.allclose(converted, expected, atol=1e-5), (source, target)
-    # The score of the conditional path N((1 - sigma) x0, sigma^2) at x is -eps / sigma.
-    assert torch.allclose(STRAIGHT_PATH.score(v, x, sigma, "velocity"), -eps / sigma[:, None], atol=1e-5)
-
-
-def test_gaussian_flow_velocity_is_the_derivative_of_its_transport():
-    z = noise(16)
-    for sigma in (0.9, 0.5, 0.1):
-        x = GAUSSIAN.transport(z, 1.0, sigma)
-        h = 1e-6
-        numeric = (GAUSSIAN.transport(z, 1.0, sigma + h) - GAUSSIAN.transport(z, 1.0, sigma - h)) / (2 * h)
-        assert torch.allclose(GAUSSIAN.velocity(x, sigma), numeric, atol=1e-6)
-
-
 # ----------------------------------------------------------------------------- accuracy
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_euler_reproduces_diffusers_trajectory_on_the_same_sigmas(shift):

@@ -113,22 +113,6 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x0, noise, sigmas
 
 
-def test_straight_path_targets_are_the_exact_path_quantities() -> None:
-    x0, noise, sigmas = _batch()
-    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), noise - x0)
-    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "sample"), x0)
-    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "epsilon"), noise)
-    # The velocity is the derivative of the path in sigma.
-    step = 1e-6
-    derivative = (
-        STRAIGHT_PATH.interpolate(x0, noise, sigmas + step)
-        - STRAIGHT_PATH.interpolate(x0, noise, sigmas - step)
-    ) / (2 * step)
-    torch.testing.assert_close(
-        derivative, STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), atol=1e-8, rtol=0
-    )
-
-
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize("loss_target", PREDICTION_TYPES)
 def test_a_perfect_prediction_of_any_type_has_zero_loss_for_any_target(
