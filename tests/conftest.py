@@ -197,3 +197,39 @@ def make_flow_pipeline(make_dit) -> Callable[..., object]:
         return pipeline
 
     return build
+
+
+@pytest.fixture
+def make_dinov2() -> Callable[..., object]:
+    """Build a tiny randomly initialised transformers ``Dinov2Model`` in eval mode: DINOv2 features offline.
+
+    Returns:
+        ``build(seed=0, **config) -> Dinov2Model``; one layer, two heads, width 16, MLP width 32, 14-pixel
+        patches of 28-pixel images unless ``config`` overrides these ``Dinov2Config`` fields; the weights are
+        drawn from the global generator seeded with ``seed``.
+    """
+    from transformers import Dinov2Config, Dinov2Model
+
+    def build(seed: int = 0, **config) -> Dinov2Model:
+        torch.manual_seed(seed)
+        tiny = {
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "patch_size": 14,
+            "image_size": 28,
+        }
+        return Dinov2Model(Dinov2Config(**{**tiny, **config})).eval()
+
+    return build
+
+
+@pytest.fixture
+def digits_pixels() -> torch.Tensor:
+    """scikit-learn's digits as uint8 (N, 1, 8, 8), straight from sklearn (levels 0..16 -> 0..255)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    grey = np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
+    return torch.from_numpy(grey)[:, None]
