@@ -20,6 +20,7 @@ from flow_pipelines.evaluation.likelihood import (
 )
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.images import dequantize, pixels_to_model_range
+from flow_pipelines.paths import get_path
 
 MEAN = torch.tensor([1.5, -2.0, 0.3, 0.0, 0.7])
 STD = torch.tensor([0.2, 0.5, 1.3, 1.0, 0.35])
@@ -219,6 +220,60 @@ def test_likelihood_of_a_dit_is_finite_and_reproducible(tiny_dit):
     )
     assert torch.isfinite(first.log_prob).all()
     torch.testing.assert_close(first.log_prob, second.log_prob)
+
+
+class GaussianPathModel(torch.nn.Module):
+    """The exact model of Gaussian data ``N(mean, std^2)`` trained on a path, in closed form on that path.
+
+    At path time ``s`` the input is ``x_s = a x0 + b noise``; with ``k = a^2 std^2 + b^2`` the posterior means
+    are ``E[x0 | x_s] = mean + a std^2 (x_s - a mean) / k`` and ``E[noise | x_s] = b (x_s - a mean) / k``.
+    """
+
+    def __init__(self, path_name: str, prediction_type: str, num_train_timesteps: int = 500) -> None:
+        super().__init__()
+        self.mean = torch.tensor([0.5, -0.5, 0.1, 0.9], dtype=torch.float64).view(1, 1, 2, 2)
+        self.std = 0.3
+        self.path = get_path(path_name)
+        self.config = FrozenDict(
+            prediction_type=prediction_type,
+            num_train_timesteps=num_train_timesteps,
+            num_classes=10,
+            in_channels=1,
+            path=path_name,
+        )
+
+    def forward(self, hidden_states, timestep, class_labels=None, return_dict=True):
+        time = timestep.double() / self.config["num_train_timesteps"]
+        a, b = (value.view(-1, 1, 1, 1) for value in self.path.coefficients(time))
+        da, db = (value.view(-1, 1, 1, 1) for value in self.path.derivatives(time))
+        centred = hidden_states - a * self.mean
+        variance = a**2 * self.std**2 + b**2
+        x0 = self.mean + a * self.std**2 * centred / variance
+        noise = b * centred / variance
+        kind = self.config["prediction_type"]
+        output = x0 if kind == "sample" else noise if kind == "epsilon" else da * x0 + db * noise
+        return (output,)
+
+
+@pytest.mark.parametrize("prediction_type", ["velocity", "sample", "epsilon"])
+def test_likelihood_of_the_exact_gaussian_model_is_the_same_on_the_cosine_and_linear_paths(prediction_type):
+    flow = GaussianFlow(torch.tensor([0.5, -0.5, 0.1, 0.9]).view(1, 2, 2), torch.tensor(0.3))
+    x = flow.sample_marginal((40, 1, 2, 2), 0.0, generator=torch.Generator().manual_seed(6))
+    sigma_max = 0.9999 if prediction_type == "epsilon" else 1.0
+    options = {"num_steps": 24, "divergence": "exact", "sigma_max": sigma_max}
+    cosine = log_likelihood(GuidedVelocity(GaussianPathModel("cosine", prediction_type)), x, **options)
+    linear = log_likelihood(GuidedVelocity(GaussianPathModel("linear", prediction_type)), x, **options)
+    dims = x[0].numel()
+    assert (cosine.log_prob - linear.log_prob).abs().max().item() / dims < 1e-3
+    assert (cosine.log_prob - flow.log_prob(x)).abs().max().item() / dims < 1e-3
+    # Pointwise, the model's output becomes our velocity at our noise level only through the mapping.
+    sigma = torch.linspace(0.05, 0.95, len(x), dtype=torch.float64)
+    points = flow.sample_marginal((len(x), 1, 2, 2), 0.5, generator=torch.Generator().manual_seed(7))
+    model = GaussianPathModel("cosine", prediction_type)
+    mapped = GuidedVelocity(model)(points, sigma)
+    assert torch.allclose(mapped, flow.velocity(points, sigma), atol=1e-6)
+    model.config = FrozenDict({**model.config, "path": "linear"})
+    assert (GuidedVelocity(model)(points, sigma) - flow.velocity(points, sigma)).abs().max() > 0.1
 
 
 # ---------------------------------------------------------------------------------------------- bits per dim
