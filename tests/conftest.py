@@ -1,4 +1,5 @@
-"""Shared test setup: offline Hub and wandb, and an offline Hugging Face cache that serves repo ids."""
+"""Shared test setup: offline Hub and wandb, an offline Hugging Face cache that serves repo ids, one factory per
+tiny model (`make_dit`, `make_flow_pipeline` on top of it, `make_dinov2`), and scikit-learn's digits as pixels."""
 
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ TINY_DIT = {
 
 @pytest.fixture
 def make_dit() -> Callable[..., object]:
-    """Build a tiny `DiTModel` with perturbed weights, in eval mode: the one tiny model of the tests.
+    """Build a tiny `DiTModel` with perturbed weights, in eval mode, for every test that needs a working one.
 
     A fresh DiTModel outputs exactly zero (adaLN-Zero and a zero output layer); every weight gets
     ``scale * N(0, 1)`` added, drawn from the global generator seeded with ``seed`` before the model is

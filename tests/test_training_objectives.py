@@ -1,4 +1,5 @@
-"""The flow-matching objective: noise-level densities (KS tests against closed-form CDFs), targets, losses."""
+"""The flow-matching objective: noise-level densities (KS tests against closed-form CDFs), targets, losses, on the
+straight path and on the cosine and VP paths."""
 
 from __future__ import annotations
 
