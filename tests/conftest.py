@@ -1,4 +1,5 @@
-"""Shared test setup: offline Hub and wandb, and an offline Hugging Face cache that serves repo ids."""
+"""Shared test setup: offline Hub and wandb, an offline Hugging Face cache that serves repo ids, one factory per
+tiny model (`make_dit`, `make_flow_pipeline` on top of it, `make_dinov2`), and scikit-learn's digits as pixels."""
 
 from __future__ import annotations
 
@@ -99,23 +100,59 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[st
     return serve
 
 
-@pytest.fixture
-def make_flow_pipeline() -> Callable[..., object]:
-    """Build a tiny `FlowPipeline` (DiTModel with perturbed weights, optional tiny VAE), offline.
+TINY_DIT = {
+    "sample_size": 8,
+    "patch_size": 2,
+    "in_channels": 1,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_attention_heads": 2,
+    "mlp_ratio": 2.0,
+    "num_classes": 10,
+}
 
-    A fresh DiTModel outputs exactly zero; the weights are perturbed so that the output depends on the
-    input, the time and the label.
+
+@pytest.fixture
+def make_dit() -> Callable[..., object]:
+    """Build a tiny `DiTModel` with perturbed weights, in eval mode, for every test that needs a working one.
+
+    A fresh DiTModel outputs exactly zero (adaLN-Zero and a zero output layer); every weight gets
+    ``scale * N(0, 1)`` added, drawn from the global generator seeded with ``seed`` before the model is
+    built, so the output depends on the input, the time and the label, and the same arguments give the
+    same weights.
+
+    Returns:
+        ``build(seed=0, scale=0.05, float64=False, **config) -> DiTModel``; ``config`` overrides `TINY_DIT`
+        (1 channel, 8x8, patch 2, width 32, 2 layers, 2 heads, MLP ratio 2, 10 classes), and ``float64``
+        casts the perturbed model to double precision.
+    """
+    from flow_pipelines import DiTModel
+
+    def build(seed: int = 0, scale: float = 0.05, float64: bool = False, **config) -> DiTModel:
+        torch.manual_seed(seed)
+        model = DiTModel(**{**TINY_DIT, **config})
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(scale * torch.randn_like(parameter))
+        return (model.double() if float64 else model).eval()
+
+    return build
+
+
+@pytest.fixture
+def make_flow_pipeline(make_dit) -> Callable[..., object]:
+    """Build a tiny `FlowPipeline` (the `make_dit` model, optional tiny VAE), offline.
 
     Returns:
         ``build(in_channels=1, sample_size=8, num_classes=10, vae=False, scheduler=None, id2label=None,
-        seed=0, **model_overrides) -> FlowPipeline``; ``vae=True`` adds a 2-level ``AutoencoderKL`` (latent
-        channels = ``in_channels``, RGB output, scaling 0.5, shift 0.1); ``id2label="digits"`` names the
-        classes ``"digit 0"``, ``"digit 1"``, ...
+        seed=0, **model_overrides) -> FlowPipeline``; the transformer is ``make_dit(seed=seed, ...)``;
+        ``vae=True`` adds a 2-level ``AutoencoderKL`` (latent channels = ``in_channels``, RGB output, scaling
+        0.5, shift 0.1), built right after it from the same generator; ``id2label="digits"`` names the classes
+        ``"digit 0"``, ``"digit 1"``, ...
     """
-    import torch
     from diffusers import AutoencoderKL
 
-    from flow_pipelines import DiTModel, FlowEulerScheduler, FlowPipeline
+    from flow_pipelines import FlowEulerScheduler, FlowPipeline
 
     def build(
         in_channels: int = 1,
@@ -127,21 +164,13 @@ def make_flow_pipeline() -> Callable[..., object]:
         seed: int = 0,
         **model_overrides,
     ) -> FlowPipeline:
-        torch.manual_seed(seed)
-        config = {
-            "sample_size": sample_size,
-            "patch_size": 2,
-            "in_channels": in_channels,
-            "hidden_size": 32,
-            "num_layers": 2,
-            "num_attention_heads": 2,
-            "mlp_ratio": 2.0,
-            "num_classes": num_classes,
-        }
-        transformer = DiTModel(**{**config, **model_overrides})
-        with torch.no_grad():
-            for parameter in transformer.parameters():
-                parameter.add_(0.05 * torch.randn_like(parameter))
+        transformer = make_dit(
+            seed=seed,
+            in_channels=in_channels,
+            sample_size=sample_size,
+            num_classes=num_classes,
+            **model_overrides,
+        )
         autoencoder = None
         if vae:
             autoencoder = AutoencoderKL(
@@ -160,7 +189,7 @@ def make_flow_pipeline() -> Callable[..., object]:
         if id2label == "digits":
             id2label = {i: f"digit {i}" for i in range(num_classes)}
         pipeline = FlowPipeline(
-            transformer=transformer.eval(),
+            transformer=transformer,
             scheduler=scheduler if scheduler is not None else FlowEulerScheduler(),
             vae=autoencoder.eval() if autoencoder is not None else None,
             id2label=id2label,
@@ -169,3 +198,39 @@ def make_flow_pipeline() -> Callable[..., object]:
         return pipeline
 
     return build
+
+
+@pytest.fixture
+def make_dinov2() -> Callable[..., object]:
+    """Build a tiny randomly initialised transformers ``Dinov2Model`` in eval mode: DINOv2 features offline.
+
+    Returns:
+        ``build(seed=0, **config) -> Dinov2Model``; one layer, two heads, width 16, MLP width 32, 14-pixel
+        patches of 28-pixel images unless ``config`` overrides these ``Dinov2Config`` fields; the weights are
+        drawn from the global generator seeded with ``seed``.
+    """
+    from transformers import Dinov2Config, Dinov2Model
+
+    def build(seed: int = 0, **config) -> Dinov2Model:
+        torch.manual_seed(seed)
+        tiny = {
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "patch_size": 14,
+            "image_size": 28,
+        }
+        return Dinov2Model(Dinov2Config(**{**tiny, **config})).eval()
+
+    return build
+
+
+@pytest.fixture
+def digits_pixels() -> torch.Tensor:
+    """scikit-learn's digits as uint8 (N, 1, 8, 8), straight from sklearn (levels 0..16 -> 0..255)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    grey = np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
+    return torch.from_numpy(grey)[:, None]

@@ -8,6 +8,7 @@ timm's ``PatchEmbed`` / ``Attention`` / ``Mlp`` layouts and MAE's numpy sin-cos 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -17,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DiTTransformer2DModel
+from diffusers import DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
 from torch import nn
 
-from flow_pipelines import DiTModel
+from flow_pipelines import DiTModel, FlowPipeline
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.models.conversion import (
     convert_checkpoint,
@@ -28,6 +29,9 @@ from flow_pipelines.models.conversion import (
     convert_original_checkpoint,
     load_original_state_dict,
 )
+from flow_pipelines.paths import VPPath, path_from_config
+
+from .oracles import reference_time, vp_reference
 
 _CLI_PATH = Path(__file__).resolve().parents[1] / "train_scripts" / "convert_checkpoint.py"
 
@@ -361,6 +365,43 @@ def test_cli_writes_an_atomic_safetensors_folder(tmp_path):
         )
 
 
+def test_converted_dit_checkpoint_samples_through_the_vp_mapping(tmp_path):
+    reference = perturbed(RefDiT(in_channels=4, num_classes=10), seed=7)
+    torch.save(reference.state_dict(), tmp_path / "dit.pt")
+    reference.double()
+    model = convert_original_checkpoint(tmp_path / "dit.pt", "dit", num_attention_heads=4).double()
+    assert model.config.path == "vp" and model.config.path_kwargs == {"beta_min": 0.1, "beta_max": 20.0}
+    assert model.config.out_channels == 8
+    pipe = FlowPipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    received = []
+    original_step = pipe.scheduler.step
+
+    @functools.wraps(original_step)
+    def recording_step(model_output, timestep, sample, *args, **kwargs):
+        received.append((model_output.clone(), float(timestep), sample.clone()))
+        return original_step(model_output, timestep, sample, *args, **kwargs)
+
+    pipe.scheduler.step = recording_step
+    labels = [2, 5]
+    images = pipe(labels, num_inference_steps=6, guidance_scale=1.0, output_type="latent").images
+    assert images.shape == (2, 4, 8, 8) and images.dtype == torch.float64 and torch.isfinite(images).all()
+    assert len(received) == 6
+    for model_output, timestep, sample in received:
+        sigma = timestep / 1000
+        s = reference_time("vp", sigma)
+        a, b, _, _ = vp_reference(s)
+        with torch.no_grad():
+            original = reference(
+                (a + b) * sample, torch.full((2,), s * 1000, dtype=torch.float64), torch.tensor(labels)
+            )
+        eps = original[:, :4]  # the learned-variance channels are dropped
+        x0 = ((a + b) * sample - b * eps) / a
+        expected = eps - x0
+        torch.testing.assert_close(model_output, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
+
+
 # ----------------------------------------------------------------------------- diffusers
 
 
@@ -411,6 +452,17 @@ def test_diffusers_conversion_reproduces_diffusers_forward(tmp_path):
 def test_diffusers_conversion_refuses_distinct_per_block_embedders():
     with pytest.raises(ValueError, match="block 1's .* differs from block 0's"):
         convert_diffusers_dit(tiny_diffusers_dit(shared_embedder=False))
+
+
+def test_converted_diffusers_ddpm_dit_records_the_vp_path():
+    model = convert_diffusers_dit(tiny_diffusers_dit())
+    assert model.config.path == "vp" and isinstance(path_from_config(model.config), VPPath)
+    assert (
+        path_from_config(
+            DiTModel(sample_size=8, hidden_size=32, num_layers=1, num_attention_heads=2).config
+        ).name
+        == "linear"
+    )
 
 
 def test_convert_checkpoint_rejects_options_that_do_not_apply(tmp_path):

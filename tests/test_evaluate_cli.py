@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from flow_pipelines import FlowPipeline
 from flow_pipelines.evaluate import check_metrics, cli, main
@@ -16,19 +15,11 @@ from flow_pipelines.evaluation.digits import DigitClassifier
 from flow_pipelines.evaluation.dinov2 import DinoV2FeatureExtractor
 from flow_pipelines.evaluation.features import WeightsUnavailableError
 from flow_pipelines.evaluation.likelihood import image_bits_per_dim
-from flow_pipelines.evaluation.reference import iter_reference, open_reference, reference_indices
+from flow_pipelines.evaluation.reference import reference_indices
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.images import quantize_images
 
-from .test_frechet import scipy_frechet
-
-
-def digits_pixels() -> torch.Tensor:
-    """scikit-learn's digits as uint8 (N, 1, 8, 8), straight from sklearn (levels 0..16 -> 0..255)."""
-    from sklearn.datasets import load_digits
-
-    grey = np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
-    return torch.from_numpy(grey)[:, None]
+from .oracles import scipy_frechet
 
 
 @pytest.fixture
@@ -42,24 +33,15 @@ def saved_pipeline(tmp_path, make_flow_pipeline):
 
 
 @pytest.fixture
-def dinov2_folder(tmp_path) -> Path:
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        patch_size=14,
-        image_size=28,
-    )
+def dinov2_folder(tmp_path, make_dinov2) -> Path:
     folder = tmp_path / "tiny-dinov2"
-    Dinov2Model(config).save_pretrained(folder)
+    make_dinov2().save_pretrained(folder)
     return folder
 
 
-def test_evaluate_end_to_end_matches_direct_computations(tmp_path, saved_pipeline, dinov2_folder, capsys):
+def test_evaluate_end_to_end_matches_direct_computations(
+    tmp_path, saved_pipeline, dinov2_folder, capsys, digits_pixels
+):
     model = saved_pipeline()
     out, cache = tmp_path / "eval", tmp_path / "stats"
     argv = [
@@ -119,7 +101,7 @@ def test_evaluate_end_to_end_matches_direct_computations(tmp_path, saved_pipelin
 
     # FD-DINOv2 against scipy on features of the same images, computed here from sklearn's digits directly.
     extractor = DinoV2FeatureExtractor.from_pretrained(dinov2_folder)
-    reference = digits_pixels()[reference_indices(1797, 40)]
+    reference = digits_pixels[reference_indices(1797, 40)]
     generated = torch.from_numpy(samples).permute(0, 3, 1, 2)
     with torch.no_grad():
         features_ref = extractor(reference.expand(-1, 3, -1, -1)).double().numpy()
@@ -135,7 +117,7 @@ def test_evaluate_end_to_end_matches_direct_computations(tmp_path, saved_pipelin
     # Bits per dimension: the same computation called directly on the first reference images.
     direct = image_bits_per_dim(
         GuidedVelocity(pipeline.transformer),
-        digits_pixels()[reference_indices(1797, 6)],  # a fixed random subset of the whole reference
+        digits_pixels[reference_indices(1797, 6)],  # a fixed random subset of the whole reference
         generator=torch.Generator().manual_seed(5),
         show_progress=False,
         num_steps=3,
@@ -154,7 +136,7 @@ def test_evaluate_end_to_end_matches_direct_computations(tmp_path, saved_pipelin
     assert again[0]["value"] == pytest.approx(fd["value"], rel=1e-6)
 
 
-def test_conditional_guided_bpd_uses_the_reference_labels(tmp_path, saved_pipeline):
+def test_conditional_guided_bpd_uses_the_reference_labels(tmp_path, saved_pipeline, digits_pixels):
     from sklearn.datasets import load_digits
 
     model = saved_pipeline()
@@ -181,7 +163,7 @@ def test_conditional_guided_bpd_uses_the_reference_labels(tmp_path, saved_pipeli
     )
     direct = image_bits_per_dim(
         velocity,
-        digits_pixels()[chosen],
+        digits_pixels[chosen],
         generator=torch.Generator().manual_seed(3),
         show_progress=False,
         num_steps=2,
@@ -190,36 +172,13 @@ def test_conditional_guided_bpd_uses_the_reference_labels(tmp_path, saved_pipeli
     assert record["value"] == pytest.approx(direct.bits_per_dim, rel=1e-9)
     unconditional = image_bits_per_dim(
         GuidedVelocity(velocity.transformer),
-        digits_pixels()[chosen],
+        digits_pixels[chosen],
         generator=torch.Generator().manual_seed(3),
         show_progress=False,
         num_steps=2,
         divergence="hutchinson",
     )
     assert record["value"] != pytest.approx(unconditional.bits_per_dim, rel=1e-6)
-
-
-def test_reference_sources_give_the_same_pixels(tmp_path):
-    pixels = digits_pixels()[:12]
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    for index, image in enumerate(pixels):
-        Image.fromarray(image[0].numpy(), mode="L").save(folder / f"{index:03d}.png")
-    np.savez(tmp_path / "batch.npz", arr_0=pixels.permute(0, 2, 3, 1).numpy(), arr_1=np.arange(12))
-
-    def read(spec: str, resize_to=None) -> torch.Tensor:
-        source = open_reference(spec)
-        return torch.cat([b for b, _ in iter_reference(source, np.arange(12), 5, resize_to)])
-
-    assert torch.equal(read(str(folder)), pixels)
-    assert torch.equal(read(str(tmp_path / "batch.npz")), pixels)
-    assert torch.equal(read("sklearn_digits"), pixels)
-    assert read("sklearn_digits", resize_to=(16, 3)).shape == (12, 3, 16, 16)
-
-    Image.new("L", (10, 10)).save(folder / "zzz-odd-size.png")
-    with pytest.raises(ValueError, match="zzz-odd-size.png.*--resize-reference"):
-        source = open_reference(str(folder))
-        list(iter_reference(source, np.arange(13), 20))
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -1,13 +1,13 @@
 """Fréchet distances: the formula against scipy, the torchmetrics pipeline against a direct computation on the
-same features, the uint8 path against a saved PNG, the Inception port, and the errors."""
+same features, the feature extractors (the Inception port, DINOv2, what every extractor shares), and the errors.
+
+The quantisation of samples before the extractor is in test_images.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
-from PIL import Image
 
 from flow_pipelines.evaluation.dinov2 import DinoV2FeatureExtractor
 from flow_pipelines.evaluation.features import FeatureExtractor, WeightsUnavailableError, ieee_float32
@@ -19,30 +19,9 @@ from flow_pipelines.evaluation.frechet import (
     frechet_distance,
 )
 from flow_pipelines.evaluation.inception import FIDInceptionV3, InceptionFeatureExtractor, resize_bilinear_tf1
-from flow_pipelines.images import quantize_images, to_rgb
+from flow_pipelines.images import to_rgb
 
-
-def scipy_frechet(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """The textbook computation (pytorch-fid / ADM): scipy's general matrix square root of sigma1 sigma2."""
-    mu1, mu2 = features_a.mean(0), features_b.mean(0)
-    sigma1, sigma2 = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
-    root = scipy.linalg.sqrtm(sigma1 @ sigma2).real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
-
-
-def tiny_dinov2(seed: int = 0, hidden_size: int = 16):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(seed)
-    config = Dinov2Config(
-        hidden_size=hidden_size,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        patch_size=14,
-        image_size=28,
-    )
-    return Dinov2Model(config).eval()
+from .oracles import scipy_frechet
 
 
 def random_images(count: int, seed: int, low: int = 0, high: int = 256, size: int = 16, channels: int = 3):
@@ -89,8 +68,8 @@ def test_feature_statistics_round_trip_through_npz(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the pipeline
-def test_fd_dinov2_through_torchmetrics_equals_scipy_on_the_same_features():
-    extractor = DinoV2FeatureExtractor(tiny_dinov2(), resolution=28, source="tiny")
+def test_fd_dinov2_through_torchmetrics_equals_scipy_on_the_same_features(make_dinov2):
+    extractor = DinoV2FeatureExtractor(make_dinov2(), resolution=28, source="tiny")
     reference = random_images(40, seed=0)
     generated = random_images(36, seed=1, low=60)
     distance = FrechetDistance(extractor, batch_size=16, show_progress=False)
@@ -131,8 +110,8 @@ def test_fid_pipeline_with_a_custom_module_equals_scipy():
     assert distance.compute() == pytest.approx(expected, rel=1e-4)
 
 
-def test_cached_reference_statistics_reproduce_the_distance(tmp_path):
-    extractor = DinoV2FeatureExtractor(tiny_dinov2(), resolution=28, source="tiny")
+def test_cached_reference_statistics_reproduce_the_distance(tmp_path, make_dinov2):
+    extractor = DinoV2FeatureExtractor(make_dinov2(), resolution=28, source="tiny")
     reference, generated = random_images(30, seed=2), random_images(30, seed=3, low=40)
     first = FrechetDistance(extractor, batch_size=32, show_progress=False)
     first.update(reference, real=True)
@@ -144,38 +123,6 @@ def test_cached_reference_statistics_reproduce_the_distance(tmp_path):
     second.update(generated, real=False)
     assert second.num_reference == 30
     assert second.compute() == pytest.approx(first.compute(), rel=1e-6)
-
-
-def test_samples_are_quantised_once_like_a_saved_png(tmp_path, make_flow_pipeline):
-    pipeline = make_flow_pipeline(in_channels=3, sample_size=8)
-    labels = [0, 3, 7, 9]
-
-    def run(output_type: str):
-        generator = torch.Generator().manual_seed(11)
-        return pipeline(
-            labels, num_inference_steps=3, guidance_scale=1.0, generator=generator, output_type=output_type
-        )
-
-    quantised = quantize_images(run("np").images)
-    assert quantised.dtype == torch.uint8 and quantised.shape == (4, 3, 8, 8)
-    for index, image in enumerate(run("pil").images):
-        image.save(tmp_path / f"{index}.png")
-    from_png = torch.stack(
-        [torch.from_numpy(np.array(Image.open(tmp_path / f"{i}.png"))).permute(2, 0, 1) for i in range(4)]
-    )
-    assert torch.equal(quantised, from_png)
-    assert torch.equal(quantize_images(run("pt").images), quantised)
-
-    extractor = DinoV2FeatureExtractor(tiny_dinov2(), resolution=28, source="tiny")
-    with torch.no_grad():
-        assert torch.equal(extractor(quantised), extractor(from_png))
-
-
-def test_grey_images_are_replicated_to_rgb():
-    grey = random_images(2, seed=0, channels=1)
-    rgb = to_rgb(grey)
-    assert rgb.shape == (2, 3, 16, 16)
-    assert torch.equal(rgb[:, 0], grey[:, 0]) and torch.equal(rgb[:, 2], grey[:, 0])
 
 
 # ---------------------------------------------------------------------------------------------- Inception
@@ -241,12 +188,12 @@ def test_unfetchable_weights_fail_with_what_could_not_be_fetched(tmp_path, monke
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-def test_too_few_samples_for_the_feature_dimension_is_refused():
+def test_too_few_samples_for_the_feature_dimension_is_refused(make_dinov2):
     with pytest.raises(ValueError, match=r"singular.*At least 2049"):
         check_enough_samples(2048, 2048)
     check_enough_samples(2049, 2048)
 
-    extractor = DinoV2FeatureExtractor(tiny_dinov2(), resolution=28, source="tiny")
+    extractor = DinoV2FeatureExtractor(make_dinov2(), resolution=28, source="tiny")
     distance = FrechetDistance(extractor, show_progress=False)
     distance.update(random_images(16, seed=0), real=True)
     distance.update(random_images(20, seed=1), real=False)
@@ -261,8 +208,8 @@ def test_reference_and_samples_of_different_geometry_are_refused():
         check_same_geometry((3, 16, 16), (3, 32, 32))
 
 
-def test_extractors_take_quantised_rgb_only():
-    extractor = DinoV2FeatureExtractor(tiny_dinov2(), resolution=28, source="tiny")
+def test_extractors_take_quantised_rgb_only(make_dinov2):
+    extractor = DinoV2FeatureExtractor(make_dinov2(), resolution=28, source="tiny")
     with pytest.raises(ValueError, match="uint8"):
         extractor(torch.rand(2, 3, 16, 16))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
@@ -270,9 +217,9 @@ def test_extractors_take_quantised_rgb_only():
     with pytest.raises(ValueError, match="allowed: 1 \\(grey\\) or 3"):
         to_rgb(random_images(2, seed=0, channels=4))
     with pytest.raises(ValueError, match="pooling"):
-        DinoV2FeatureExtractor(tiny_dinov2(), pooling="max")
+        DinoV2FeatureExtractor(make_dinov2(), pooling="max")
     with pytest.raises(ValueError, match="multiple of the patch size 14"):
-        DinoV2FeatureExtractor(tiny_dinov2(), resolution=30)
+        DinoV2FeatureExtractor(make_dinov2(), resolution=30)
     with pytest.raises(ValueError, match="allowed: 64, 192, 768, 2048"):
         FIDInceptionV3(1000)
 

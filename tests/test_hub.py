@@ -8,7 +8,7 @@ import yaml
 from huggingface_hub import HfApi
 from PIL import Image
 
-from flow_pipelines import DiTModel, FlowEulerScheduler, FlowPipeline
+from flow_pipelines import FlowEulerScheduler, FlowPipeline
 from flow_pipelines.hub import public_config, push_pipeline_to_hub, write_model_card
 
 from .hub_stand_in import HubStandIn
@@ -17,21 +17,9 @@ SECRET = "hf_" + "x" * 34
 
 
 @pytest.fixture
-def pipeline_dir(tmp_path):
-    torch.manual_seed(0)
-    transformer = DiTModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=1,
-        out_channels=1,
-        hidden_size=32,
-        num_layers=1,
-        num_attention_heads=2,
-        num_classes=3,
-    )
-    with torch.no_grad():  # a fresh DiT outputs exactly zero; give it something to say
-        for parameter in transformer.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+def pipeline_dir(tmp_path, make_dit):
+    # A three-class, one-layer model with DiTModel's MLP ratio and an explicit out_channels.
+    transformer = make_dit(out_channels=1, num_layers=1, num_classes=3, mlp_ratio=4.0)
     pipe = FlowPipeline(
         transformer=transformer, scheduler=FlowEulerScheduler(), id2label={0: "zero", 1: "one", 2: "two"}
     )

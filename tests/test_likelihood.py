@@ -20,6 +20,7 @@ from flow_pipelines.evaluation.likelihood import (
 )
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.images import dequantize, pixels_to_model_range
+from flow_pipelines.paths import get_path
 
 MEAN = torch.tensor([1.5, -2.0, 0.3, 0.0, 0.7])
 STD = torch.tensor([0.2, 0.5, 1.3, 1.0, 0.35])
@@ -175,36 +176,22 @@ def test_model_outputs_of_every_prediction_type_give_the_closed_form(prediction_
     assert (result.log_prob - model.flow.log_prob(x)).abs().max().item() / 4 < 1e-3
 
 
-def tiny_dit(prediction_type: str = "velocity") -> DiTModel:
-    torch.manual_seed(0)
-    model = DiTModel(
-        sample_size=4,
-        patch_size=2,
-        in_channels=1,
-        hidden_size=16,
-        num_layers=1,
-        num_attention_heads=2,
-        mlp_ratio=2.0,
-        num_classes=3,
-        prediction_type=prediction_type,
-    )
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.2 * torch.randn_like(parameter))
-    return model.double().eval()
+@pytest.fixture
+def tiny_dit(make_dit) -> DiTModel:
+    """A 4x4, one-layer, three-class `make_dit` in float64, its weights perturbed by 0.2."""
+    return make_dit(sample_size=4, hidden_size=16, num_layers=1, num_classes=3, scale=0.2, float64=True)
 
 
-def test_exact_divergence_of_a_dit_matches_finite_differences():
-    model = tiny_dit()
+def test_exact_divergence_of_a_dit_matches_finite_differences(tiny_dit):
     labels = torch.tensor([0, 2])
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     sigma = torch.tensor([0.3, 0.7], dtype=torch.float64)
-    _, divergence = velocity_divergence(GuidedVelocity(model, class_labels=labels), x, sigma)
+    _, divergence = velocity_divergence(GuidedVelocity(tiny_dit, class_labels=labels), x, sigma)
 
     # Central differences along each of the 16 axes, all in one batch (the model treats samples independently).
     step = 1e-5
     bumps = (step * torch.eye(16, dtype=torch.float64)).view(16, 1, 1, 1, 4, 4)
-    batched = GuidedVelocity(model, class_labels=labels.repeat(16))
+    batched = GuidedVelocity(tiny_dit, class_labels=labels.repeat(16))
     with torch.no_grad():
         plus = batched((x + bumps).reshape(32, 1, 4, 4), sigma.repeat(16)).view(16, 2, 16)
         minus = batched((x - bumps).reshape(32, 1, 4, 4), sigma.repeat(16)).view(16, 2, 16)
@@ -215,26 +202,15 @@ def test_exact_divergence_of_a_dit_matches_finite_differences():
     probes = (
         torch.randint(0, 2, (1, 1024, 1, 4, 4), generator=torch.Generator().manual_seed(8)).double() * 2 - 1
     )
-    repeated = GuidedVelocity(model, class_labels=labels.repeat(512))
+    repeated = GuidedVelocity(tiny_dit, class_labels=labels.repeat(512))
     _, singles = velocity_divergence(repeated, x.repeat(512, 1, 1, 1), sigma.repeat(512), probes)
     singles = singles.view(512, 2)
     assert ((singles.mean(0) - divergence).abs() < 4 * singles.std(0) / math.sqrt(512)).all()
     assert (singles.std(0) > 0).all()
 
 
-def test_guided_velocity_is_uncond_plus_scale_times_difference():
-    model = tiny_dit()
-    x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
-    sigma = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    cond = GuidedVelocity(model, class_labels=[1, 2])(x, sigma)
-    uncond = GuidedVelocity(model)(x, sigma)
-    guided = GuidedVelocity(model, class_labels=[1, 2], guidance_scale=3.0)(x, sigma)
-    torch.testing.assert_close(guided, uncond + 3.0 * (cond - uncond))
-    assert not torch.allclose(cond, uncond)
-
-
-def test_likelihood_of_a_dit_is_finite_and_reproducible():
-    velocity = GuidedVelocity(tiny_dit(), class_labels=1)
+def test_likelihood_of_a_dit_is_finite_and_reproducible(tiny_dit):
+    velocity = GuidedVelocity(tiny_dit, class_labels=1)
     x = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1
     first = log_likelihood(
         velocity, x, num_steps=4, divergence="hutchinson", generator=torch.Generator().manual_seed(0)
@@ -244,6 +220,60 @@ def test_likelihood_of_a_dit_is_finite_and_reproducible():
     )
     assert torch.isfinite(first.log_prob).all()
     torch.testing.assert_close(first.log_prob, second.log_prob)
+
+
+class GaussianPathModel(torch.nn.Module):
+    """The exact model of Gaussian data ``N(mean, std^2)`` trained on a path, in closed form on that path.
+
+    At path time ``s`` the input is ``x_s = a x0 + b noise``; with ``k = a^2 std^2 + b^2`` the posterior means
+    are ``E[x0 | x_s] = mean + a std^2 (x_s - a mean) / k`` and ``E[noise | x_s] = b (x_s - a mean) / k``.
+    """
+
+    def __init__(self, path_name: str, prediction_type: str, num_train_timesteps: int = 500) -> None:
+        super().__init__()
+        self.mean = torch.tensor([0.5, -0.5, 0.1, 0.9], dtype=torch.float64).view(1, 1, 2, 2)
+        self.std = 0.3
+        self.path = get_path(path_name)
+        self.config = FrozenDict(
+            prediction_type=prediction_type,
+            num_train_timesteps=num_train_timesteps,
+            num_classes=10,
+            in_channels=1,
+            path=path_name,
+        )
+
+    def forward(self, hidden_states, timestep, class_labels=None, return_dict=True):
+        time = timestep.double() / self.config["num_train_timesteps"]
+        a, b = (value.view(-1, 1, 1, 1) for value in self.path.coefficients(time))
+        da, db = (value.view(-1, 1, 1, 1) for value in self.path.derivatives(time))
+        centred = hidden_states - a * self.mean
+        variance = a**2 * self.std**2 + b**2
+        x0 = self.mean + a * self.std**2 * centred / variance
+        noise = b * centred / variance
+        kind = self.config["prediction_type"]
+        output = x0 if kind == "sample" else noise if kind == "epsilon" else da * x0 + db * noise
+        return (output,)
+
+
+@pytest.mark.parametrize("prediction_type", ["velocity", "sample", "epsilon"])
+def test_likelihood_of_the_exact_gaussian_model_is_the_same_on_the_cosine_and_linear_paths(prediction_type):
+    flow = GaussianFlow(torch.tensor([0.5, -0.5, 0.1, 0.9]).view(1, 2, 2), torch.tensor(0.3))
+    x = flow.sample_marginal((40, 1, 2, 2), 0.0, generator=torch.Generator().manual_seed(6))
+    sigma_max = 0.9999 if prediction_type == "epsilon" else 1.0
+    options = {"num_steps": 24, "divergence": "exact", "sigma_max": sigma_max}
+    cosine = log_likelihood(GuidedVelocity(GaussianPathModel("cosine", prediction_type)), x, **options)
+    linear = log_likelihood(GuidedVelocity(GaussianPathModel("linear", prediction_type)), x, **options)
+    dims = x[0].numel()
+    assert (cosine.log_prob - linear.log_prob).abs().max().item() / dims < 1e-3
+    assert (cosine.log_prob - flow.log_prob(x)).abs().max().item() / dims < 1e-3
+    # Pointwise, the model's output becomes our velocity at our noise level only through the mapping.
+    sigma = torch.linspace(0.05, 0.95, len(x), dtype=torch.float64)
+    points = flow.sample_marginal((len(x), 1, 2, 2), 0.5, generator=torch.Generator().manual_seed(7))
+    model = GaussianPathModel("cosine", prediction_type)
+    mapped = GuidedVelocity(model)(points, sigma)
+    assert torch.allclose(mapped, flow.velocity(points, sigma), atol=1e-6)
+    model.config = FrozenDict({**model.config, "path": "linear"})
+    assert (GuidedVelocity(model)(points, sigma) - flow.velocity(points, sigma)).abs().max() > 0.1
 
 
 # ---------------------------------------------------------------------------------------------- bits per dim

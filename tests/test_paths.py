@@ -1,23 +1,21 @@
 """Affine paths (linear, cosine, VP, user-given) and their mapping onto the straight path.
 
 The reference for every path is independent of `flow_pipelines.paths`: the coefficients are written out
-below, and the exact model of Gaussian data on a path is Gaussian conditioning of ``a x0 + b noise``.
+in `tests/oracles.py`, and the exact model of Gaussian data on a path is Gaussian conditioning of
+``a x0 + b noise``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
-from scipy.optimize import brentq
+from diffusers import DDPMScheduler
 
-from flow_pipelines import DiTModel, FlowEulerScheduler, FlowHeunScheduler, FlowPipeline
-from flow_pipelines.analytic import GaussianFlow, sample_with_scheduler
-from flow_pipelines.models.conversion import convert_diffusers_dit, convert_original_checkpoint
+from flow_pipelines import DiTModel, FlowEulerScheduler, FlowHeunScheduler
+from flow_pipelines.analytic import sample_with_scheduler
 from flow_pipelines.paths import (
     PATH_NAMES,
     STRAIGHT_PATH,
@@ -30,50 +28,10 @@ from flow_pipelines.paths import (
     get_path,
     path_from_config,
 )
-from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
-from tests.test_conversion import RefDiT, perturbed, tiny_diffusers_dit
 
-GAUSSIAN = GaussianFlow(mean=torch.tensor([1.5, -2.0, 0.3, 0.0]), std=torch.tensor([0.2, 0.5, 1.3, 1.0]))
+from .oracles import GAUSSIAN, REFERENCES, noise, reference_time, vp_reference
+
 PREDICTION_TYPES = ("velocity", "sample", "epsilon")
-
-
-# ----------------------------------------------------------------------------- reference coefficients
-def cosine_reference(s: float) -> tuple[float, float, float, float]:
-    """``(a, b, a', b')`` of the cosine path, written out."""
-    return (
-        math.cos(math.pi * s / 2),
-        math.sin(math.pi * s / 2),
-        -math.pi / 2 * math.sin(math.pi * s / 2),
-        math.pi / 2 * math.cos(math.pi * s / 2),
-    )
-
-
-def vp_reference(
-    s: float, beta_min: float = 0.1, beta_max: float = 20.0
-) -> tuple[float, float, float, float]:
-    """``(a, b, a', b')`` of the VP path: ``abar = exp(-int_0^s beta)``, ``beta(s)`` linear."""
-    integral = beta_min * s + 0.5 * (beta_max - beta_min) * s * s
-    beta = beta_min + (beta_max - beta_min) * s
-    abar = math.exp(-integral)
-    a, b = math.sqrt(abar), math.sqrt(1 - abar)
-    return a, b, -0.5 * beta * a, 0.5 * beta * abar / b if b > 0 else math.inf
-
-
-REFERENCES = {"cosine": cosine_reference, "vp": vp_reference}
-
-
-def reference_time(name: str, sigma: float, **path_kwargs: float) -> float:
-    """``s`` with ``b / (a + b) = sigma`` by root finding on the written-out coefficients; 1 beyond the range."""
-
-    def excess(s: float) -> float:
-        a, b, _, _ = REFERENCES[name](s, **path_kwargs)
-        return b / (a + b) - sigma
-
-    if excess(1.0) <= 0:
-        return 1.0
-    if sigma <= 0:
-        return 0.0
-    return brentq(excess, 0.0, 1.0, xtol=1e-15, rtol=1e-15)
 
 
 def exact_path_model(name: str, prediction_type: str):
@@ -108,10 +66,6 @@ def through_mapping(path: AffinePath, model, model_prediction: str, target: str 
 
 def linear_model(sample: torch.Tensor, timestep) -> torch.Tensor:
     return GAUSSIAN.velocity(sample.double(), float(timestep) / 1000)
-
-
-def noise(batch: int = 2048, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------- the paths themselves
@@ -210,6 +164,41 @@ def test_the_linear_path_is_the_straight_one_and_its_mapping_the_identity():
     )
     torch.testing.assert_close(
         path.score(v, x, 0.37, "velocity"), -(x + 0.63 * v) / 0.37, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_conversions_round_trip_and_match_the_path():
+    gen = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    sigma = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    x = STRAIGHT_PATH.interpolate(x0, eps, sigma)
+    v = eps - x0
+    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "sample"), x0, atol=1e-6)
+    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "epsilon"), eps, atol=1e-6)
+    for source, value in (("velocity", v), ("sample", x0), ("epsilon", eps)):
+        for target, expected in (("velocity", v), ("sample", x0), ("epsilon", eps)):
+            converted = STRAIGHT_PATH.convert(value, x, sigma, source, target)
+            assert torch.allclose(converted, expected, atol=1e-5), (source, target)
+    # The score of the conditional path N((1 - sigma) x0, sigma^2) at x is -eps / sigma.
+    assert torch.allclose(STRAIGHT_PATH.score(v, x, sigma, "velocity"), -eps / sigma[:, None], atol=1e-5)
+
+
+def test_straight_path_targets_are_the_exact_path_quantities() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 2, 4, 4, generator=generator, dtype=torch.float64)
+    noise = torch.randn(6, 2, 4, 4, generator=generator, dtype=torch.float64)
+    sigmas = torch.linspace(0.05, 0.95, 6, dtype=torch.float64)
+    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), noise - x0)
+    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "sample"), x0)
+    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "epsilon"), noise)
+    # The velocity is the derivative of the path in sigma.
+    step = 1e-6
+    derivative = (
+        STRAIGHT_PATH.interpolate(x0, noise, sigmas + step)
+        - STRAIGHT_PATH.interpolate(x0, noise, sigmas - step)
+    ) / (2 * step)
+    torch.testing.assert_close(
+        derivative, STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), atol=1e-8, rtol=0
     )
 
 
@@ -355,193 +344,6 @@ def test_generic_affine_path_matches_the_named_one():
     torch.testing.assert_close(out, linear_out, rtol=1e-6, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- the pipeline
-def tiny_path_model(path: str, prediction_type: str = "velocity", seed: int = 0, **path_kwargs) -> DiTModel:
-    torch.manual_seed(seed)
-    model = DiTModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=1,
-        hidden_size=32,
-        num_layers=2,
-        num_attention_heads=2,
-        mlp_ratio=2.0,
-        num_classes=10,
-        prediction_type=prediction_type,
-        path=path,
-        path_kwargs=path_kwargs or None,
-    )
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model.eval()
-
-
-def hand_written_velocity(model, name, prediction_type, labels, scale, **path_kwargs):
-    """Our guided velocity at ``(x, sigma)`` with the mapping spelled out: root-found s, c * x in, 2 x 2 solve out."""
-    coefficients = functools.partial(REFERENCES[name], **path_kwargs)
-    cond = torch.tensor(labels)
-    null = torch.full_like(cond, model.config.num_classes)
-
-    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        s = reference_time(name, sigma, **path_kwargs)
-        a, b, da, db = coefficients(s)
-        x_path = (a + b) * x
-        t = torch.full((len(labels),), s * 1000, dtype=torch.float32)
-        with torch.no_grad():
-            out = model(x_path, t, cond).sample
-            if scale != 1.0:
-                uncond = model(x_path, t, null).sample
-                out = uncond + scale * (out - uncond)
-        if prediction_type == "velocity":
-            determinant = a * db - b * da
-            x0, eps = (db * x_path - b * out) / determinant, (a * out - da * x_path) / determinant
-        elif prediction_type == "epsilon":
-            x0, eps = (x_path - b * out) / a, out
-        else:
-            x0, eps = out, (x_path - a * out) / b
-        return eps - x0
-
-    return velocity
-
-
-def hand_written_sampler(
-    velocity, latents: torch.Tensor, sigmas: list[float], heun: bool = False
-) -> torch.Tensor:
-    """Euler, or Heun with a final Euler step to sigma = 0, over the noise levels ``sigmas`` (ending at 0)."""
-    x = latents.clone()
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        slope = velocity(x, sigma)
-        if heun and sigma_next > 0:
-            predicted = x + (sigma_next - sigma) * slope
-            slope = 0.5 * (slope + velocity(predicted, sigma_next))
-        x = x + (sigma_next - sigma) * slope
-    return x
-
-
-def latents_for(batch: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.mark.parametrize(
-    ("name", "prediction_type", "path_kwargs"),
-    [
-        ("cosine", "velocity", {}),
-        ("cosine", "sample", {}),
-        ("vp", "epsilon", {"beta_min": 0.2, "beta_max": 15.0}),
-    ],
-)
-def test_pipeline_samples_a_path_model_as_the_hand_written_mapping(name, prediction_type, path_kwargs):
-    model = tiny_path_model(name, prediction_type, **path_kwargs)
-    pipe = FlowPipeline(transformer=model, scheduler=FlowEulerScheduler())
-    pipe.set_progress_bar_config(disable=True)
-    assert pipe.path.name == name and pipe.path.kwargs == path_kwargs
-    latents = latents_for(2)
-    got = pipe(
-        [3, 8], num_inference_steps=8, guidance_scale=2.0, latents=latents, output_type="latent"
-    ).images
-    velocity = hand_written_velocity(model, name, prediction_type, [3, 8], 2.0, **path_kwargs)
-    expected = hand_written_sampler(velocity, latents, torch.linspace(1.0, 0.0, 9).tolist())
-    assert expected.abs().max() > 0.1
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_every_flow_scheduler_samples_a_cosine_model(tmp_path):
-    """Each scheduler, ours and diffusers', drives the saved-and-reloaded cosine model through the mapping."""
-    model = tiny_path_model("cosine", seed=1)
-    pipe = FlowPipeline(transformer=model, scheduler=FlowEulerScheduler())
-    pipe.save_pretrained(tmp_path / "cosine")
-    pipe = FlowPipeline.from_pretrained(tmp_path / "cosine")
-    pipe.set_progress_bar_config(disable=True)
-    assert pipe.transformer.config.path == "cosine" and pipe.path.name == "cosine"
-    latents = latents_for(2, seed=1)
-    velocity = hand_written_velocity(model, "cosine", "velocity", [3, 8], 2.0)
-    # Euler and Heun written out on the scheduler's own noise levels; a fine solution for the multistep solvers.
-    same_method = {"euler": False, "flowmatch-euler": False, "heun": True, "flowmatch-heun": True}
-    fine = hand_written_sampler(velocity, latents, torch.linspace(1.0, 0.0, 65).tolist(), heun=True)
-    for name in SCHEDULERS:
-        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
-        calls: list[float] = []
-
-        def record(module, args, kwargs, output, calls=calls):
-            calls.append(kwargs["timestep"][0].item())
-
-        handle = pipe.transformer.register_forward_hook(record, with_kwargs=True)
-        try:
-            got = pipe(
-                [3, 8],
-                num_inference_steps=16,
-                guidance_scale=2.0,
-                latents=latents,
-                output_type="latent",
-                generator=torch.Generator().manual_seed(0),
-            ).images
-        finally:
-            handle.remove()
-        # The transformer sees its own time s(sigma) * 1000 at each of the scheduler's noise levels.
-        sigmas = (pipe.scheduler.timesteps.double() / 1000).tolist()
-        expected_times = [reference_time("cosine", sigma) * 1000 for sigma in sigmas]
-        np.testing.assert_allclose(calls, expected_times, rtol=1e-5, atol=1e-3)
-        if name in same_method:
-            grid = [*dict.fromkeys(sigmas), 0.0]  # a Heun step's two calls share a timestep
-            expected = hand_written_sampler(velocity, latents, grid, heun=same_method[name])
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=name)
-        elif name == "sde":
-            # Stochastic: a different sample of the same distribution; it still ends at finite data.
-            assert torch.isfinite(got).all() and (got - fine).abs().max() > 0.05
-        else:
-            error = (got - fine).abs().max().item()
-            assert error < 0.05, f"{name}: max deviation {error:.4f} from the fine hand-written Heun solution"
-
-
-def test_converted_dit_checkpoint_samples_through_the_vp_mapping(tmp_path):
-    reference = perturbed(RefDiT(in_channels=4, num_classes=10), seed=7)
-    torch.save(reference.state_dict(), tmp_path / "dit.pt")
-    reference.double()
-    model = convert_original_checkpoint(tmp_path / "dit.pt", "dit", num_attention_heads=4).double()
-    assert model.config.path == "vp" and model.config.path_kwargs == {"beta_min": 0.1, "beta_max": 20.0}
-    assert model.config.out_channels == 8
-    pipe = FlowPipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler())
-    pipe.set_progress_bar_config(disable=True)
-
-    received = []
-    original_step = pipe.scheduler.step
-
-    @functools.wraps(original_step)
-    def recording_step(model_output, timestep, sample, *args, **kwargs):
-        received.append((model_output.clone(), float(timestep), sample.clone()))
-        return original_step(model_output, timestep, sample, *args, **kwargs)
-
-    pipe.scheduler.step = recording_step
-    labels = [2, 5]
-    images = pipe(labels, num_inference_steps=6, guidance_scale=1.0, output_type="latent").images
-    assert images.shape == (2, 4, 8, 8) and images.dtype == torch.float64 and torch.isfinite(images).all()
-    assert len(received) == 6
-    for model_output, timestep, sample in received:
-        sigma = timestep / 1000
-        s = reference_time("vp", sigma)
-        a, b, _, _ = vp_reference(s)
-        with torch.no_grad():
-            original = reference(
-                (a + b) * sample, torch.full((2,), s * 1000, dtype=torch.float64), torch.tensor(labels)
-            )
-        eps = original[:, :4]  # the learned-variance channels are dropped
-        x0 = ((a + b) * sample - b * eps) / a
-        expected = eps - x0
-        torch.testing.assert_close(model_output, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
-
-
-def test_converted_diffusers_ddpm_dit_records_the_vp_path():
-    model = convert_diffusers_dit(tiny_diffusers_dit())
-    assert model.config.path == "vp" and isinstance(path_from_config(model.config), VPPath)
-    assert (
-        path_from_config(
-            DiTModel(sample_size=8, hidden_size=32, num_layers=1, num_attention_heads=2).config
-        ).name
-        == "linear"
-    )
-
-
 # ----------------------------------------------------------------------------- bad input
 def test_bad_paths_and_prediction_types_are_rejected():
     with pytest.raises(ValueError, match="Unknown path 'edm'; known paths: linear, cosine, vp"):
@@ -589,37 +391,3 @@ def test_a_path_whose_scale_vanishes_on_the_sampling_grid_is_rejected():
         CustomPath(lambda s: s, lambda s: 1 - s)
     with pytest.raises(ValueError, match="b=0.5 must be a callable"):
         CustomPath(lambda s: 1 - s, 0.5)
-
-
-def test_a_learned_variance_half_is_dropped_and_other_layouts_are_rejected():
-    """A model with twice the channels out (the original DiT's epsilon + variance) samples as its first half."""
-    small = {"sample_size": 8, "in_channels": 2, "hidden_size": 32, "num_layers": 1, "num_attention_heads": 2}
-    torch.manual_seed(0)
-    doubled = DiTModel(**small, out_channels=4, path="vp", prediction_type="epsilon")
-    with torch.no_grad():
-        for parameter in doubled.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    halved = DiTModel(**small, out_channels=2, path="vp", prediction_type="epsilon")
-    state = doubled.state_dict()
-    # Output rows are (row_in_patch * patch + column_in_patch) * out_channels + channel: keep channels 0 and 1.
-    keep = torch.arange(state["final_layer.linear.weight"].shape[0]) % 4 < 2
-    state["final_layer.linear.weight"] = state["final_layer.linear.weight"][keep]
-    state["final_layer.linear.bias"] = state["final_layer.linear.bias"][keep]
-    halved.load_state_dict(state)
-    images = []
-    for model in (doubled, halved):
-        pipe = FlowPipeline(transformer=model.eval(), scheduler=FlowEulerScheduler())
-        pipe.set_progress_bar_config(disable=True)
-        images.append(
-            pipe(
-                [1, 2],
-                num_inference_steps=3,
-                generator=torch.Generator().manual_seed(0),
-                output_type="latent",
-            ).images
-        )
-    # Equal up to the matmul's rounding for another output width, amplified by the epsilon-to-velocity map.
-    torch.testing.assert_close(images[0], images[1], rtol=1e-4, atol=1e-4)
-    odd = DiTModel(**small, out_channels=3)
-    with pytest.raises(ValueError, match="in_channels=2 but out_channels=3; .* must be 2 \\(or 4"):
-        FlowPipeline(transformer=odd, scheduler=FlowEulerScheduler())

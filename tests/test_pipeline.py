@@ -1,8 +1,10 @@
-"""FlowPipeline sampling: outputs, reproducibility, guidance, schedulers, VAE, callbacks, labels, bad input."""
+"""FlowPipeline sampling: outputs, reproducibility, schedulers, VAE, callbacks, dtype, bad input.
+
+Guidance and the path mapping are in test_guidance.py, class names in test_class_labels.py, each scheduler by
+name in test_scheduler_registry.py."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 
 import numpy as np
@@ -11,63 +13,19 @@ import pytest
 import torch
 from diffusers import (
     DPMSolverMultistepScheduler,
-    FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler,
     ImagePipelineOutput,
-    UniPCMultistepScheduler,
 )
 
 from flow_pipelines import (
     DiTModel,
     FlowEulerScheduler,
     FlowHeunScheduler,
-    FlowMultistepScheduler,
     FlowPipeline,
-    FlowSDEScheduler,
 )
-from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
+from flow_pipelines.schedulers import make_scheduler
 
-
-@contextlib.contextmanager
-def record_calls(transformer: torch.nn.Module):
-    """Record (batch size, timesteps, class labels) of every transformer forward."""
-    calls: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-
-    def hook(module, args, kwargs, output):
-        calls.append(
-            (kwargs["hidden_states"].shape[0], kwargs["timestep"].clone(), kwargs["class_labels"].clone())
-        )
-
-    handle = transformer.register_forward_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
-
-
-def euler_reference(
-    transformer, noise: torch.Tensor, labels: list[int], steps: int, scale: float, interval=(0.0, 1.0)
-) -> torch.Tensor:
-    """Euler on dx/dsigma = v from 1 to 0 in equal steps, guidance from separate cond/uncond calls."""
-    x = noise.clone()
-    cond_ids = torch.tensor(labels)
-    null_ids = torch.full_like(cond_ids, transformer.config.num_classes)
-    sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).float()
-    with torch.no_grad():
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-            t = (sigma * 1000).expand(len(labels))
-            velocity = transformer(x, t, cond_ids).sample
-            if scale != 1.0 and interval[0] <= float(sigma) <= interval[1]:
-                uncond = transformer(x, t, null_ids).sample
-                velocity = uncond + scale * (velocity - uncond)
-            x = x + (sigma_next - sigma) * velocity
-    return x
-
-
-def noise_for(pipeline: FlowPipeline, batch: int, seed: int = 0) -> torch.Tensor:
-    config = pipeline.transformer.config
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, config.in_channels, config.sample_size, config.sample_size, generator=generator)
+from .pipeline_support import noise_for, record_calls
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -142,130 +100,7 @@ def test_image_is_the_same_alone_or_in_a_batch(make_flow_pipeline, scheduler_nam
     torch.testing.assert_close(batch[1:2], alone, rtol=1e-4, atol=1e-5)
 
 
-# ----------------------------------------------------------------------------- guidance
-def test_guidance_matches_hand_written_euler(make_flow_pipeline):
-    pipe = make_flow_pipeline()
-    noise = noise_for(pipe, 3)
-    for scale in (1.0, 3.5, 0.0):
-        got = pipe(
-            [1, 4, 9], num_inference_steps=5, guidance_scale=scale, latents=noise, output_type="latent"
-        ).images
-        expected = euler_reference(pipe.transformer, noise, [1, 4, 9], steps=5, scale=scale)
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_guidance_one_is_exactly_the_unguided_path(make_flow_pipeline):
-    pipe = make_flow_pipeline()
-    noise = noise_for(pipe, 2)
-    with record_calls(pipe.transformer) as calls:
-        scale_one = pipe(
-            [2, 3], num_inference_steps=4, guidance_scale=1.0, latents=noise, output_type="latent"
-        ).images
-    assert [batch for batch, _, _ in calls] == [2] * 4  # no doubled batch at scale 1
-    # A guidance interval that contains no noise level turns guidance off: the same computation.
-    outside = pipe(
-        [2, 3],
-        num_inference_steps=4,
-        guidance_scale=5.0,
-        guidance_interval=(1.5, 2.0),
-        latents=noise,
-        output_type="latent",
-    ).images
-    assert torch.equal(scale_one, outside)
-
-
-def test_cfg_is_one_batched_call_per_evaluation(make_flow_pipeline):
-    pipe = make_flow_pipeline(num_classes=10)
-    for scheduler_name in ("euler", "heun"):
-        pipe.scheduler = make_scheduler(scheduler_name, pipe.scheduler.config)
-        with record_calls(pipe.transformer) as calls:
-            pipe([4, 6], num_inference_steps=3, guidance_scale=2.0, output_type="latent")
-        assert len(calls) == len(pipe.scheduler.timesteps) == pipe.num_timesteps
-        for batch, timestep, labels in calls:
-            assert batch == 4
-            assert labels.tolist() == [4, 6, 10, 10]  # conditional half, then the null class num_classes
-            assert timestep.shape == (4,) and timestep.dtype == torch.float32
-        torch.testing.assert_close(torch.stack([t[0] for _, t, _ in calls]), pipe.scheduler.timesteps)
-
-
-def test_guidance_interval_uses_batch_b_outside(make_flow_pipeline):
-    pipe = make_flow_pipeline()
-    noise = noise_for(pipe, 2)
-    interval = (0.3, 0.7)
-    with record_calls(pipe.transformer) as calls:
-        got = pipe(
-            [1, 2],
-            num_inference_steps=10,
-            guidance_scale=4.0,
-            guidance_interval=interval,
-            latents=noise,
-            output_type="latent",
-        ).images
-    sigmas = [float(t[0]) / 1000 for _, t, _ in calls]
-    assert len(calls) == 10
-    assert [batch for batch, _, _ in calls] == [4 if interval[0] <= s <= interval[1] else 2 for s in sigmas]
-    assert {batch for batch, _, _ in calls} == {2, 4}
-    expected = euler_reference(pipe.transformer, noise, [1, 2], steps=10, scale=4.0, interval=interval)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-
-
 # ----------------------------------------------------------------------------- schedulers
-def test_every_flow_scheduler_samples_the_same_flow(make_flow_pipeline):
-    """Each scheduler swapped in through from_config receives its own timesteps and lands near a fine Euler solution."""
-    pipe = make_flow_pipeline()
-    noise = noise_for(pipe, 2)
-    reference = euler_reference(pipe.transformer, noise, [3, 8], steps=200, scale=2.0)
-    expected_classes = {
-        "euler": FlowEulerScheduler,
-        "heun": FlowHeunScheduler,
-        "sde": FlowSDEScheduler,
-        "multistep": FlowMultistepScheduler,
-        "flowmatch-euler": FlowMatchEulerDiscreteScheduler,
-        "flowmatch-heun": FlowMatchHeunDiscreteScheduler,
-        "dpm": DPMSolverMultistepScheduler,
-        "unipc": UniPCMultistepScheduler,
-    }
-    assert set(expected_classes) == set(SCHEDULERS)
-    for name, scheduler_class in expected_classes.items():
-        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
-        assert (
-            type(pipe.scheduler) is scheduler_class and pipe.config.scheduler[1] == scheduler_class.__name__
-        )
-        with record_calls(pipe.transformer) as calls:
-            got = pipe(
-                [3, 8],
-                num_inference_steps=16,
-                guidance_scale=2.0,
-                latents=noise,
-                output_type="latent",
-                generator=torch.Generator().manual_seed(0),
-            ).images
-        timesteps = pipe.scheduler.timesteps
-        assert len(calls) == len(timesteps)
-        torch.testing.assert_close(torch.stack([t[0] for _, t, _ in calls]), timesteps.float())
-        error = (got - reference).abs().max().item()
-        if name == "sde":
-            # Stochastic: a different sample of the same distribution; it still ends at finite data.
-            assert torch.isfinite(got).all() and error > 0.05
-        else:
-            # The random tiny model's output is rough in sigma, which third-order extrapolation amplifies;
-            # the multistep solver still lands on the same flow, only less closely than one-step methods.
-            tolerance = 0.1 if name == "multistep" else 0.02
-            assert error < tolerance, f"{name}: max deviation {error:.4f} from the fine Euler solution"
-
-
-def test_scheduler_swaps_back_and_forth_through_from_config(make_flow_pipeline):
-    pipe = make_flow_pipeline(scheduler=FlowEulerScheduler(shift=2.0))
-    pipe.scheduler = FlowHeunScheduler.from_config(pipe.scheduler.config)
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    pipe.scheduler = FlowSDEScheduler.from_config(pipe.scheduler.config)
-    assert pipe.scheduler.config.shift == 2.0
-    assert pipe([1], num_inference_steps=2, output_type="pt").images.shape == (1, 1, 8, 8)
-    for name in SCHEDULERS:  # the shift survives every swap, whatever the config key is called
-        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
-        assert pipe.scheduler.config.get("shift", pipe.scheduler.config.get("flow_shift")) == 2.0
-
-
 def test_dynamic_shifting_scheduler_gets_mu(make_flow_pipeline):
     pipe = make_flow_pipeline(scheduler=FlowEulerScheduler(use_dynamic_shifting=True))
     pipe([1], num_inference_steps=3, output_type="latent")
@@ -373,22 +208,6 @@ def test_callback_changes_guidance_and_interrupts(make_flow_pipeline):
             output_type="latent",
         )
     assert len(calls) == 2 and pipe.interrupt
-
-
-# ----------------------------------------------------------------------------- labels
-def test_class_names_and_ids(make_flow_pipeline):
-    pipe = make_flow_pipeline(id2label={0: "tench, Tinca tinca", 1: "goldfish", 2: "digit 3", 3: "3"})
-    assert pipe.id2label == {0: "tench, Tinca tinca", 1: "goldfish", 2: "digit 3", 3: "3"}
-    assert pipe.label_ids("goldfish") == [1]
-    assert pipe.label_ids("digit 3") == [2]  # one name, not characters
-    assert pipe.label_ids("3") == [3]  # a string is a name, even when it looks like a number
-    assert pipe.label_ids(["Tench", "tinca tinca", 5, "GoldFish"]) == [0, 0, 5, 1]
-    assert pipe.label_ids(torch.tensor([7, 8])) == [7, 8]
-    assert pipe.label_ids(np.int64(9)) == [9]
-    noise = noise_for(pipe, 2)
-    by_name = pipe(["goldfish", "digit 3"], num_inference_steps=2, latents=noise, output_type="latent").images
-    by_id = pipe([1, 2], num_inference_steps=2, latents=noise, output_type="latent").images
-    assert torch.equal(by_name, by_id)
 
 
 # ----------------------------------------------------------------------------- dtype

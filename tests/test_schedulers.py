@@ -14,67 +14,29 @@ from diffusers import (
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
 
 from flow_pipelines import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler
-from flow_pipelines.analytic import GaussianFlow, sample_with_scheduler
+from flow_pipelines.analytic import sample_with_scheduler
 from flow_pipelines.paths import STRAIGHT_PATH
 from flow_pipelines.schedulers import DIFFUSION_FORMS
 
+from .oracles import GAUSSIAN, exact_model, noise
+
 OURS = [FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler]
 DIFFUSERS_FLOW = [FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler]
-
-GAUSSIAN = GaussianFlow(mean=torch.tensor([1.5, -2.0, 0.3, 0.0]), std=torch.tensor([0.2, 0.5, 1.3, 1.0]))
-
-
-def exact_model(prediction_type="velocity"):
-    """The exact model of the Gaussian flow, called like a transformer: (sample, timestep) -> output."""
-
-    def predict(sample, timestep):
-        sigma = float(timestep) / 1000
-        return GAUSSIAN.prediction(sample.double(), sigma, prediction_type).to(sample.dtype)
-
-    return predict
-
-
-def noise(batch=2048, seed=0):
-    return torch.randn(batch, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def endpoint_error(scheduler, steps=None, sigmas=None, prediction_type="velocity", start=None, z=None):
     z = noise() if z is None else z
     start = 1.0 if start is None else start
     x = GAUSSIAN.transport(z, 1.0, start) if start < 1.0 else z
-    out, nfe = sample_with_scheduler(scheduler, exact_model(prediction_type), x, steps, sigmas)
+    out, nfe = sample_with_scheduler(
+        scheduler, exact_model(prediction_type=prediction_type), x, steps, sigmas
+    )
     return (out.double() - GAUSSIAN.transport(z, 1.0)).abs().max().item(), nfe
 
 
 def slope(cls, steps_list, **config):
     errors, nfes = zip(*(endpoint_error(cls(**config), steps) for steps in steps_list), strict=True)
     return np.polyfit(np.log(nfes), np.log(errors), 1)[0]
-
-
-# ----------------------------------------------------------------------------- the path module
-def test_conversions_round_trip_and_match_the_path():
-    gen = torch.Generator().manual_seed(1)
-    x0, eps = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
-    sigma = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
-    x = STRAIGHT_PATH.interpolate(x0, eps, sigma)
-    v = eps - x0
-    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "sample"), x0, atol=1e-6)
-    assert torch.allclose(STRAIGHT_PATH.convert(v, x, sigma, "velocity", "epsilon"), eps, atol=1e-6)
-    for source, value in (("velocity", v), ("sample", x0), ("epsilon", eps)):
-        for target, expected in (("velocity", v), ("sample", x0), ("epsilon", eps)):
-            converted = STRAIGHT_PATH.convert(value, x, sigma, source, target)
-            assert torch.allclose(converted, expected, atol=1e-5), (source, target)
-    # The score of the conditional path N((1 - sigma) x0, sigma^2) at x is -eps / sigma.
-    assert torch.allclose(STRAIGHT_PATH.score(v, x, sigma, "velocity"), -eps / sigma[:, None], atol=1e-5)
-
-
-def test_gaussian_flow_velocity_is_the_derivative_of_its_transport():
-    z = noise(16)
-    for sigma in (0.9, 0.5, 0.1):
-        x = GAUSSIAN.transport(z, 1.0, sigma)
-        h = 1e-6
-        numeric = (GAUSSIAN.transport(z, 1.0, sigma + h) - GAUSSIAN.transport(z, 1.0, sigma - h)) / (2 * h)
-        assert torch.allclose(GAUSSIAN.velocity(x, sigma), numeric, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -168,7 +130,7 @@ def test_prediction_types_give_the_same_endpoint(cls):
         x = GAUSSIAN.transport(z, 1.0, 0.99).float()
         generator = torch.Generator().manual_seed(0)
         out, _ = sample_with_scheduler(
-            scheduler, exact_model(prediction_type), x, sigmas=sigmas, generator=generator
+            scheduler, exact_model(prediction_type=prediction_type), x, sigmas=sigmas, generator=generator
         )
         endpoints.append(out)
     assert torch.allclose(endpoints[0], endpoints[1], atol=1e-4)

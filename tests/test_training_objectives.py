@@ -1,4 +1,5 @@
-"""The flow-matching objective: noise-level densities (KS tests against closed-form CDFs), targets, losses."""
+"""The flow-matching objective: noise-level densities (KS tests against closed-form CDFs), targets, losses, on the
+straight path and on the cosine and VP paths."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from scipy import optimize, stats
 
-from flow_pipelines.paths import PREDICTION_TYPES, STRAIGHT_PATH
+from flow_pipelines.paths import PREDICTION_TYPES, STRAIGHT_PATH, get_path
 from flow_pipelines.training.objectives import (
     FlowMatchingObjective,
     drop_labels,
@@ -113,22 +114,6 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x0, noise, sigmas
 
 
-def test_straight_path_targets_are_the_exact_path_quantities() -> None:
-    x0, noise, sigmas = _batch()
-    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), noise - x0)
-    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "sample"), x0)
-    assert torch.equal(STRAIGHT_PATH.target(x0, noise, sigmas, "epsilon"), noise)
-    # The velocity is the derivative of the path in sigma.
-    step = 1e-6
-    derivative = (
-        STRAIGHT_PATH.interpolate(x0, noise, sigmas + step)
-        - STRAIGHT_PATH.interpolate(x0, noise, sigmas - step)
-    ) / (2 * step)
-    torch.testing.assert_close(
-        derivative, STRAIGHT_PATH.target(x0, noise, sigmas, "velocity"), atol=1e-8, rtol=0
-    )
-
-
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize("loss_target", PREDICTION_TYPES)
 def test_a_perfect_prediction_of_any_type_has_zero_loss_for_any_target(
@@ -210,3 +195,43 @@ def test_objective_rejects_unknown_names() -> None:
         FlowMatchingObjective(loss_target="x0")
     with pytest.raises(ValueError, match="weighting"):
         FlowMatchingObjective(loss_weighting="snr")
+
+
+# ----------------------------------------------------------------------------- other paths
+def test_linear_path_objective_is_the_straight_path_bit_for_bit() -> None:
+    x0 = torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    plain = FlowMatchingObjective(prediction_type="sample", loss_target="velocity")
+    linear = FlowMatchingObjective(prediction_type="sample", loss_target="velocity", path=get_path("linear"))
+    first = plain.training_inputs(x0, torch.Generator().manual_seed(1))
+    second = linear.training_inputs(x0, torch.Generator().manual_seed(1))
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    output = torch.randn_like(x0)
+    noisy, _, noise, sigmas = first
+    assert torch.equal(
+        plain.loss(output, x0, noise, sigmas, noisy), linear.loss(output, x0, noise, sigmas, noisy)
+    )
+
+
+@pytest.mark.parametrize("path_name", ["cosine", "vp"])
+@pytest.mark.parametrize("prediction_type", ["velocity", "sample", "epsilon"])
+def test_exact_path_targets_have_zero_loss_and_the_path_time_has_our_noise_level(path_name, prediction_type):
+    path = get_path(path_name)
+    x0 = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    # Uniform draws reach the data end, where the VP velocity target would be infinite without the floor.
+    objective = FlowMatchingObjective(
+        prediction_type=prediction_type, loss_target="velocity", time_sampling="uniform", path=path
+    )
+    noisy, timesteps, noise, sigmas = objective.training_inputs(x0, torch.Generator().manual_seed(1))
+    times = objective.path_times(sigmas)
+    floor = path.training_time_range[0]
+    assert float(times.min()) >= floor and torch.allclose(timesteps, times * 1000)
+    # The model input is the path point, i.e. our x_sigma scaled by a + b wherever sigma lies in the path's range.
+    a, b = path.coefficients(times.double())
+    assert torch.allclose(noisy, a.view(-1, 1, 1, 1) * x0 + b.view(-1, 1, 1, 1) * noise)
+    inside = (sigmas < path.sigma_range[1]) & (times > floor)
+    assert torch.allclose(path.sigma_from_time(times)[inside], sigmas[inside].double(), atol=1e-6)
+    exact = path.target(x0, noise, times, prediction_type)
+    assert torch.isfinite(exact).all()
+    assert float(objective.loss(exact, x0, noise, sigmas, noisy)) < 1e-8
+    assert float(objective.loss(exact + 0.1, x0, noise, sigmas, noisy)) > 1e-3

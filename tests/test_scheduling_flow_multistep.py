@@ -25,24 +25,9 @@ from flow_pipelines.paths import STRAIGHT_PATH
 from flow_pipelines.schedulers.scheduling_flow_common import LOGSNR_STRETCH
 from flow_pipelines.schedulers.scheduling_flow_multistep import multistep_weights
 
-# The target of benchmarks/samplers.py.
-BENCHMARK_GAUSSIAN = GaussianFlow(
-    mean=torch.tensor([1.5, -2.0, 0.3, 0.0]), std=torch.tensor([0.2, 0.5, 1.3, 1.0])
-)
+from .oracles import GAUSSIAN, exact_model, noise
+
 DIFFUSERS_FLOW_MODE = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 1.0}
-
-
-def exact_model(target, prediction_type="velocity"):
-    """The exact model of a Gaussian flow, called like a transformer: (sample, timestep) -> output."""
-
-    def predict(sample, timestep):
-        return target.prediction(sample.double(), float(timestep) / 1000, prediction_type).to(sample.dtype)
-
-    return predict
-
-
-def noise(batch, dim, seed=0):
-    return torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def endpoint_error(scheduler, target, steps=None, sigmas=None, z=None):
@@ -81,7 +66,7 @@ def test_first_order_step_is_exact_for_gaussian_data_of_std_sigma_data():
 # ----------------------------------------------------------------------------- accuracy
 def test_benchmark_gaussian_within_1e_2_at_8_evaluations():
     z = torch.randn(20000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    error, nfe = endpoint_error(FlowMultistepScheduler(), BENCHMARK_GAUSSIAN, steps=8, z=z)
+    error, nfe = endpoint_error(FlowMultistepScheduler(), GAUSSIAN, steps=8, z=z)
     assert nfe == 8
     assert error <= 1e-2
 
@@ -128,15 +113,15 @@ def test_prediction_types_give_the_same_endpoint():
     # Start below sigma = 1: an epsilon prediction carries no information about x0 at pure noise.
     sigmas = np.linspace(0.99, 0.02, 12)
     z = noise(512, 4)
-    x = BENCHMARK_GAUSSIAN.transport(z, 1.0, 0.99).float()
+    x = GAUSSIAN.transport(z, 1.0, 0.99).float()
     endpoints = []
     for prediction_type in ("velocity", "sample", "epsilon"):
         scheduler = FlowMultistepScheduler(prediction_type=prediction_type)
-        model = exact_model(BENCHMARK_GAUSSIAN, prediction_type)
+        model = exact_model(GAUSSIAN, prediction_type)
         endpoints.append(sample_with_scheduler(scheduler, model, x, sigmas=sigmas)[0])
     assert torch.allclose(endpoints[0], endpoints[1], atol=1e-4)
     assert torch.allclose(endpoints[0], endpoints[2], atol=1e-4)
-    assert (endpoints[0].double() - BENCHMARK_GAUSSIAN.transport(z, 1.0)).abs().max() < 5e-3
+    assert (endpoints[0].double() - GAUSSIAN.transport(z, 1.0)).abs().max() < 5e-3
 
 
 # ----------------------------------------------------------------------------- the grid and the state
@@ -166,13 +151,13 @@ def test_explicit_sigmas_shift_and_mu():
     dynamic = FlowMultistepScheduler(use_dynamic_shifting=True)
     dynamic.set_timesteps(sigmas=[1.0, 0.75, 0.5, 0.25], mu=math.log(3.0))
     assert torch.allclose(dynamic.sigmas, scheduler.sigmas)
-    error, nfe = endpoint_error(FlowMultistepScheduler(), BENCHMARK_GAUSSIAN, sigmas=np.linspace(1, 0.05, 10))
+    error, nfe = endpoint_error(FlowMultistepScheduler(), GAUSSIAN, sigmas=np.linspace(1, 0.05, 10))
     assert nfe == 10 and error < 0.05
 
 
 def test_set_timesteps_resets_the_history():
     z = noise(64, 4).float()
-    model = exact_model(BENCHMARK_GAUSSIAN)
+    model = exact_model(GAUSSIAN)
     fresh, _ = sample_with_scheduler(FlowMultistepScheduler(), model, z, 6)
     used = FlowMultistepScheduler()
     used.set_timesteps(9)
@@ -190,11 +175,11 @@ def test_starting_in_the_middle_of_the_schedule():
     scheduler.set_begin_index(3)
     z = noise(256, 4)
     sigma = float(scheduler.sigmas[3])
-    x = BENCHMARK_GAUSSIAN.transport(z, 1.0, sigma).float()
-    model = exact_model(BENCHMARK_GAUSSIAN)
+    x = GAUSSIAN.transport(z, 1.0, sigma).float()
+    model = exact_model(GAUSSIAN)
     for t in scheduler.timesteps[3:]:
         x = scheduler.step(model(x, t), t, x).prev_sample
-    assert (x.double() - BENCHMARK_GAUSSIAN.transport(z, 1.0)).abs().max() < 0.02
+    assert (x.double() - GAUSSIAN.transport(z, 1.0)).abs().max() < 0.02
 
 
 # ----------------------------------------------------------------------------- the diffusers surface
@@ -202,7 +187,7 @@ def test_step_outputs_and_dtype():
     scheduler, twin = FlowMultistepScheduler(), FlowMultistepScheduler()
     scheduler.set_timesteps(5)
     twin.set_timesteps(5)
-    model = exact_model(BENCHMARK_GAUSSIAN)
+    model = exact_model(GAUSSIAN)
     x_dict = x_tuple = noise(8, 4).float()
     for t in scheduler.timesteps:
         output = model(x_dict, t)

@@ -18,18 +18,19 @@ TINY = {
     "hidden_size": 32,
     "num_layers": 2,
     "num_attention_heads": 4,
+    "mlp_ratio": 4.0,  # DiTModel's default
     "num_classes": 10,
 }
 
 
-def tiny_model(seed: int = 0, **overrides) -> DiTModel:
-    """A tiny model whose weights are all perturbed, so that every part influences the output."""
-    torch.manual_seed(seed)
-    model = DiTModel(**{**TINY, **overrides})
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model.eval()
+@pytest.fixture
+def tiny_model(make_dit):
+    """`make_dit` with this module's config and every weight perturbed by 0.1, so every part influences the output."""
+
+    def build(**overrides) -> DiTModel:
+        return make_dit(scale=0.1, **{**TINY, **overrides})
+
+    return build
 
 
 def tiny_inputs(batch: int = 3, size: int = 8, seed: int = 1):
@@ -53,7 +54,7 @@ def test_presets_build_and_give_the_right_shapes(name):
     assert out.shape == (2, 4, 16, 16)
 
 
-def test_learned_sigma_layout_doubles_the_output_channels():
+def test_learned_sigma_layout_doubles_the_output_channels(tiny_model):
     model = tiny_model(out_channels=8)
     with torch.no_grad():
         out = model(*tiny_inputs()).sample
@@ -87,7 +88,7 @@ def test_fresh_model_outputs_exactly_zero():
     assert torch.count_nonzero(out) == 0
 
 
-def test_null_class_row_is_used_for_guidance():
+def test_null_class_row_is_used_for_guidance(tiny_model):
     model = tiny_model()
     table = model.label_embed.embedding_table.weight
     assert table.shape[0] == model.config.num_classes + 1
@@ -105,7 +106,7 @@ def test_null_class_row_is_used_for_guidance():
     assert not torch.allclose(moved, unconditional)
 
 
-def test_class_labels_out_of_range_raise():
+def test_class_labels_out_of_range_raise(tiny_model):
     model = tiny_model()
     sample = torch.randn(2, 4, 8, 8)
     for bad in (torch.tensor([0, 11]), torch.tensor([-1, 3]), [2, 12]):
@@ -119,7 +120,7 @@ def test_class_labels_out_of_range_raise():
         model(sample, 10.0, torch.tensor([0, 10]))  # the null id itself is allowed
 
 
-def test_input_validation():
+def test_input_validation(tiny_model):
     model = tiny_model()
     with pytest.raises(ValueError, match=r"7x8 is not divisible by patch_size=2"):
         model(torch.randn(1, 4, 7, 8), 10.0, [0])
@@ -149,7 +150,7 @@ def test_config_validation(overrides, message):
         DiTModel(**{**TINY, **overrides})
 
 
-def test_save_and_load_round_trip_in_safetensors(tmp_path):
+def test_save_and_load_round_trip_in_safetensors(tmp_path, tiny_model):
     model = tiny_model(qk_norm="rms_norm", out_channels=8)
     model.save_pretrained(tmp_path / "model")
     files = sorted(path.name for path in (tmp_path / "model").iterdir())
@@ -161,7 +162,7 @@ def test_save_and_load_round_trip_in_safetensors(tmp_path):
         assert torch.equal(model(*inputs).sample, loaded(*inputs).sample)
 
 
-def test_gradient_checkpointing_gives_the_same_outputs_and_gradients():
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(tiny_model):
     model = tiny_model().train()
     sample, timestep, labels = tiny_inputs()
 
@@ -180,7 +181,7 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients():
         torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_autocast_forward_is_close_to_float32():
+def test_bf16_autocast_forward_is_close_to_float32(tiny_model):
     model = tiny_model()
     inputs = tiny_inputs()
     with torch.no_grad():
@@ -192,7 +193,7 @@ def test_bf16_autocast_forward_is_close_to_float32():
     assert error < 0.05
 
 
-def test_layerwise_casting_keeps_outputs_close():
+def test_layerwise_casting_keeps_outputs_close(tiny_model):
     model = tiny_model()
     inputs = tiny_inputs()
     with torch.no_grad():
@@ -205,7 +206,7 @@ def test_layerwise_casting_keeps_outputs_close():
 
 
 @pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
-def test_compiles_without_graph_breaks(pos_embed):
+def test_compiles_without_graph_breaks(pos_embed, tiny_model):
     model = tiny_model(pos_embed=pos_embed, qk_norm="layer_norm")
     with torch.no_grad():
         explanation = torch._dynamo.explain(model)(*tiny_inputs())
@@ -213,7 +214,7 @@ def test_compiles_without_graph_breaks(pos_embed):
     assert explanation.graph_count == 1
 
 
-def test_other_input_sizes_use_positions_of_the_actual_grid():
+def test_other_input_sizes_use_positions_of_the_actual_grid(tiny_model):
     model = tiny_model()
     with torch.no_grad():
         out = model(torch.randn(2, 4, 12, 6), 300.0, [1, 2]).sample
@@ -226,7 +227,7 @@ def test_other_input_sizes_use_positions_of_the_actual_grid():
     assert torch.equal(table_small[:2], table_large[:2])
 
 
-def test_rope_variant_runs_on_several_sizes_and_depends_on_position():
+def test_rope_variant_runs_on_several_sizes_and_depends_on_position(tiny_model):
     model = tiny_model(pos_embed="rope")
     sample = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
@@ -253,7 +254,7 @@ def test_rope_scores_depend_only_on_relative_position():
     torch.testing.assert_close(apply_rope(query, rope).norm(dim=-1), query.norm(dim=-1))
 
 
-def test_timestep_embedding_resolves_fractional_timesteps():
+def test_timestep_embedding_resolves_fractional_timesteps(tiny_model):
     timesteps = torch.tensor([500.0, 500.5])
     embedding = timestep_embedding(timesteps, 256)
     index = torch.arange(128, dtype=torch.float64)

@@ -1,0 +1,636 @@
+"""The training script end to end: in-process runs (``main(args)``) with tiny models, and under
+``accelerate launch``.
+
+Resuming, checkpoints, what a run saves, prediction types and paths, precision, image folders and latents,
+W&B and TensorBoard, evaluation during training, bad flags, two processes, and the Hub upload."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from flow_pipelines import FlowPipeline
+from flow_pipelines.training.architecture import DIGITS_MODEL_DEFAULTS, build_model, model_settings
+from flow_pipelines.training.batches import trains_on_digits
+from flow_pipelines.training.objectives import path_from_args
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "train_scripts" / "train_flow.py"
+
+TINY = [
+    "--hidden_size", "32", "--num_layers", "1", "--num_attention_heads", "2", "--patch_size", "2",
+    "--resolution", "8", "--train_batch_size", "4", "--max_train_samples", "40",
+    "--validation_steps", "0", "--checkpointing_steps", "0", "--evaluation_samples_per_class", "0",
+    "--validation_images_per_class", "1", "--num_inference_steps", "2", "--logging_steps", "1",
+    "--lr_warmup_steps", "2", "--lr_scheduler", "constant_with_warmup",
+    # A fixed thread count keeps float reductions in the same order from run to run.
+    "--cpu_threads", "1",
+]  # fmt: skip
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+pytestmark = pytest.mark.usefixtures("offline_training_env")
+
+
+@pytest.fixture
+def offline_training_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Hub access, W&B writes locally and quietly."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="module")
+def train_flow() -> ModuleType:
+    """The training script, imported as a module so tests can call its ``main`` in-process."""
+    spec = importlib.util.spec_from_file_location("train_flow", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(train_flow, output_dir: Path, *flags: str) -> dict:
+    """Call the script's main in-process with the tiny settings (later flags win)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    # Each run builds its own Accelerator; accelerate keeps process-wide singletons between them.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return train_flow.main(train_flow.parse_args(["--output_dir", str(output_dir), *TINY, *flags]))
+
+
+def launch(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", *arguments]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=environment, timeout=timeout, cwd=REPO
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / WEIGHTS))
+
+
+def max_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> float:
+    assert first.keys() == second.keys()
+    return max(float((first[k] - second[k]).abs().max()) for k in first)
+
+
+def log_records(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def write_random_images(folder: Path, classes: tuple[str, ...], per_class: int, shape=(8, 8, 3)) -> Path:
+    """Class sub-folders of random RGB PNGs, drawn class by class from one numpy generator seeded with 0."""
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (folder / name).mkdir(parents=True)
+        for index in range(per_class):
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / name / f"{index}.png")
+    return folder
+
+
+def read_wandb_records(run_file: Path) -> list:
+    """The protobuf records of an offline ``run-*.wandb`` file (a LevelDB-style log of 32 KiB blocks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    block, header = 32768, 7
+    position, pending, records = header, b"", []
+    while position + header <= len(data):
+        if block - position % block < header:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + header])
+        chunk = data[position + header : position + header + length]
+        position += header + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending + chunk)
+            records.append(record)
+            pending = b""
+        elif kind in (2, 3):  # first or middle piece
+            pending += chunk
+    return records
+
+
+# ----------------------------------------------------------------------------- checkpoints and resuming
+def test_resuming_continues_the_same_run_exactly(train_flow, tmp_path: Path) -> None:
+    # 40 examples at batch 4: 10 steps per epoch, so the resumed half starts mid-epoch and crosses an epoch.
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run(train_flow, straight, "--max_train_steps", "12", "--checkpointing_steps", "6")
+    run(train_flow, split, "--max_train_steps", "6", "--checkpointing_steps", "6")
+    summary = run(
+        train_flow,
+        split,
+        "--max_train_steps",
+        "12",
+        "--checkpointing_steps",
+        "6",
+        "--resume_from_checkpoint",
+        "latest",
+    )
+    assert summary["global_step"] == 12 and summary["samples_seen"] == 48
+    for sub in ("checkpoint-12/transformer", "checkpoint-12/transformer_ema", "pipeline/transformer"):
+        assert max_difference(weights(straight / sub), weights(split / sub)) <= 1e-6, sub
+    log = log_records(split)
+    assert [entry["step"] for entry in log] == list(range(1, 13))
+
+    # The data position matters: resuming at the start of the epoch instead gives other weights.
+    state_file = split / "checkpoint-6" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    assert state == {"global_step": 6, "epoch": 0, "batch_in_epoch": 6, "samples_seen": 24}
+    state_file.write_text(json.dumps({**state, "batch_in_epoch": 0}))
+    wrong = tmp_path / "wrong"
+    run(
+        train_flow, wrong, "--max_train_steps", "12", "--checkpointing_steps", "6",
+        "--resume_from_checkpoint", str(split / "checkpoint-6"),
+    )  # fmt: skip
+    assert (
+        max_difference(
+            weights(straight / "checkpoint-12/transformer"), weights(wrong / "checkpoint-12/transformer")
+        )
+        > 1e-4
+    )
+
+
+def test_checkpoint_limit_and_atomic_folders(train_flow, tmp_path: Path) -> None:
+    run(
+        train_flow,
+        tmp_path,
+        "--max_train_steps",
+        "6",
+        "--checkpointing_steps",
+        "2",
+        "--checkpoints_total_limit",
+        "2",
+    )
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert [n for n in names if n.startswith("checkpoint")] == ["checkpoint-4", "checkpoint-6"]
+    assert not [n for n in names if n.startswith(".")], names  # no staging folders left behind
+    checkpoint = tmp_path / "checkpoint-6"
+    assert (checkpoint / "transformer" / WEIGHTS).is_file() and (
+        checkpoint / "transformer_ema" / WEIGHTS
+    ).is_file()
+    assert not list(checkpoint.glob("*.bin.*")) and not (checkpoint / "model.safetensors").exists()
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(train_flow, tmp_path: Path) -> None:
+    # An absurd learning rate makes the first update overflow the next forward pass.
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        run(
+            train_flow, tmp_path, "--max_train_steps", "10", "--checkpointing_steps", "1", "--learning_rate", "1e30",
+            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--max_grad_norm", "0",
+        )  # fmt: skip
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-1"]
+    assert json.loads((tmp_path / "checkpoint-1" / "training_state.json").read_text())["global_step"] == 1
+    assert not (tmp_path / "pipeline").exists()
+
+
+# ----------------------------------------------------------------------------- what a run saves
+def test_default_run_produces_a_loadable_pipeline_with_card_grid_and_log(train_flow, tmp_path: Path) -> None:
+    summary = run(train_flow, tmp_path, "--max_train_steps", "3", "--evaluation_samples_per_class", "2")
+    pipeline_dir = tmp_path / "pipeline"
+    pipeline = FlowPipeline.from_pretrained(pipeline_dir)
+    assert pipeline.id2label == {d: str(d) for d in range(10)}
+    assert (
+        pipeline.scheduler.config.prediction_type == pipeline.transformer.config.prediction_type == "velocity"
+    )
+    card = (pipeline_dir / "README.md").read_text()
+    assert "digit_accuracy" in card and "samples.png" in card
+    grid = Image.open(pipeline_dir / "samples.png")
+    assert grid.height > grid.width / 2  # ten rows of one image each
+    assert 0.0 <= summary["evaluation"]["digit_accuracy"] <= 1.0
+    assert summary["evaluation"]["classifier_heldout_accuracy"] > 0.97
+    log = log_records(tmp_path)
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    assert {"loss", "lr", "grad_norm", "step_time", "samples_per_second"} <= set(log[0])
+    assert json.loads((tmp_path / "train_summary.json").read_text())["global_step"] == 3
+
+
+def test_ema_weights_are_what_the_pipeline_saves(train_flow, tmp_path: Path) -> None:
+    run(train_flow, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "4", "--ema_decay", "0.5")
+    saved = weights(tmp_path / "pipeline" / "transformer")
+    assert max_difference(saved, weights(tmp_path / "checkpoint-4" / "transformer_ema")) == 0.0
+    assert max_difference(saved, weights(tmp_path / "checkpoint-4" / "transformer")) > 1e-6
+
+
+@pytest.mark.parametrize(("prediction_type", "loss_target"), [("epsilon", "velocity"), ("sample", "sample")])
+def test_prediction_type_is_stored_for_sampling(
+    train_flow, tmp_path: Path, prediction_type: str, loss_target: str
+) -> None:
+    run(
+        train_flow,
+        tmp_path,
+        "--max_train_steps",
+        "2",
+        "--prediction_type",
+        prediction_type,
+        "--loss_target",
+        loss_target,
+    )
+    pipeline = FlowPipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipeline.transformer.config.prediction_type == prediction_type
+    # The model's config alone says what it predicts; the saved scheduler is handed velocities.
+    assert pipeline.scheduler.config.prediction_type == "velocity"
+    images = pipeline(class_labels=[3], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 8, 8, 1) and np.isfinite(images).all()
+
+
+def test_overfitting_one_batch_drives_the_loss_to_zero_and_reproduces_it(train_flow, tmp_path: Path) -> None:
+    from flow_pipelines.data_sources import load_digits_dataset
+
+    # The first four digits are 0, 1, 2, 3: one image per class, so each class's target is a single image.
+    run(
+        train_flow, tmp_path, "--max_train_samples", "4", "--overfit_one_batch", "--max_train_steps", "300",
+        "--hidden_size", "64", "--num_layers", "2", "--learning_rate", "3e-3", "--lr_scheduler", "constant",
+        "--lr_warmup_steps", "0", "--label_dropout", "0", "--no-use_ema", "--prediction_type", "sample",
+    )  # fmt: skip
+    losses = [record["loss"] for record in log_records(tmp_path)]
+    assert losses[0] > 0.3 and losses[-1] < 0.01, losses
+    pipeline = FlowPipeline.from_pretrained(tmp_path / "pipeline")
+    generator = torch.Generator().manual_seed(0)
+    # No label dropout, so no null class to guide with: sample conditionally.
+    images = pipeline(
+        class_labels=[0, 1, 2, 3],
+        num_inference_steps=20,
+        guidance_scale=1.0,
+        generator=generator,
+        output_type="np",
+    ).images
+    digits = load_digits_dataset()
+    batch = np.stack([np.asarray(digits[i]["image"], dtype=np.float64) / 255.0 for i in range(4)])
+    assert digits[:4]["label"] == [0, 1, 2, 3]
+    assert np.abs(images[..., 0] - batch).mean() < 0.04
+    # ... and each sample is closest to its own class's image.
+    distances = ((images[:, None, ..., 0] - batch[None]) ** 2).sum(axis=(2, 3))
+    assert distances.argmin(axis=1).tolist() == [0, 1, 2, 3]
+
+
+def test_cosine_run_overfits_one_batch_and_saves_a_cosine_pipeline(train_flow, tmp_path: Path) -> None:
+    from flow_pipelines.data_sources import load_digits_dataset
+
+    run(
+        train_flow, tmp_path, "--max_train_samples", "4", "--overfit_one_batch", "--max_train_steps", "250",
+        "--hidden_size", "64", "--num_layers", "2", "--learning_rate", "3e-3", "--lr_scheduler", "constant",
+        "--lr_warmup_steps", "0", "--label_dropout", "0", "--no-use_ema", "--prediction_type", "sample",
+        "--path", "cosine",
+    )  # fmt: skip
+    losses = [record["loss"] for record in log_records(tmp_path)]
+    assert losses[0] > 0.3 and losses[-1] < 0.01, losses
+    pipeline = FlowPipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipeline.transformer.config.path == "cosine" and pipeline.path.name == "cosine"
+    assert pipeline.transformer.config.prediction_type == "sample"
+    # The scheduler works on our straight path; the pipeline's mapping hands it velocities.
+    assert pipeline.scheduler.config.prediction_type == "velocity"
+    images = pipeline(
+        class_labels=[0, 1, 2, 3],
+        num_inference_steps=20,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert np.isfinite(images).all()
+    digits = load_digits_dataset()
+    batch = np.stack([np.asarray(digits[i]["image"], dtype=np.float64) / 255.0 for i in range(4)])
+    distances = ((images[:, None, ..., 0] - batch[None]) ** 2).sum(axis=(2, 3))
+    assert distances.argmin(axis=1).tolist() == [0, 1, 2, 3]
+    assert np.abs(images[..., 0] - batch).mean() < 0.05
+
+
+# ----------------------------------------------------------------------------- precision and memory
+def test_gradient_checkpointing_and_accumulation(train_flow, tmp_path: Path) -> None:
+    plain = run(train_flow, tmp_path / "plain", "--max_train_steps", "3", "--checkpointing_steps", "3")
+    checkpointed = run(
+        train_flow,
+        tmp_path / "gc",
+        "--max_train_steps",
+        "3",
+        "--checkpointing_steps",
+        "3",
+        "--gradient_checkpointing",
+    )
+    assert plain["final_loss"] == checkpointed["final_loss"]
+    first, second = (weights(tmp_path / name / "checkpoint-3" / "transformer") for name in ("plain", "gc"))
+    assert max_difference(first, second) <= 1e-6
+    accumulated = run(
+        train_flow, tmp_path / "acc", "--max_train_steps", "3", "--gradient_accumulation_steps", "2"
+    )
+    assert accumulated["samples_seen"] == 3 * 2 * 4
+
+
+def test_bf16_mixed_precision_runs_on_cpu(train_flow, tmp_path: Path) -> None:
+    summary = run(train_flow, tmp_path, "--max_train_steps", "2", "--mixed_precision", "bf16")
+    assert summary["global_step"] == 2 and np.isfinite(summary["final_loss"])
+    pipeline = FlowPipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipeline.transformer.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- data
+def test_image_folder_streamed_and_latent_training(train_flow, tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    folder = write_random_images(tmp_path / "images", ("cat", "dog"), 6, shape=(12, 10, 3))
+
+    streamed = run(
+        train_flow, tmp_path / "streamed", "--train_data_dir", str(folder), "--streaming", "--max_train_steps", "4",
+        "--random_flip", "--dequantize",
+    )  # fmt: skip
+    assert streamed["samples_seen"] == 16
+    assert FlowPipeline.from_pretrained(tmp_path / "streamed" / "pipeline").id2label == {0: "cat", 1: "dog"}
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=8, scaling_factor=0.7, shift_factor=0.1,
+    )  # fmt: skip
+    vae.save_pretrained(tmp_path / "vae")
+    output = tmp_path / "latent"
+    run(
+        train_flow, output, "--train_data_dir", str(folder), "--vae", str(tmp_path / "vae"), "--max_train_steps", "3",
+        "--random_flip",
+    )  # fmt: skip
+    caches = list((output / "latent_cache").glob("*.safetensors"))
+    assert len(caches) == 1
+    cache = load_file(str(caches[0]))
+    assert cache["means"].shape == (12, 2, 4, 4, 4)  # 12 images, original and mirror, 4 x 4x4 latents
+    # The cache holds the encoder's posterior of the centre-cropped 8x8 images (and their mirrors).
+    from flow_pipelines.images import ImageTransform, decode_image
+    from flow_pipelines.training.latents import encode_pixels
+
+    first = sorted((folder / "cat").iterdir())[0]
+    pixels = ImageTransform(8, 3, center_crop=True)(decode_image({"path": str(first)}))[None]
+    mean, std = encode_pixels(AutoencoderKL.from_pretrained(tmp_path / "vae"), pixels)
+    index = int(cache["class_labels"].tolist().index(0))
+    torch.testing.assert_close(cache["means"][index, 0], mean[0], atol=1e-5, rtol=1e-5)
+    pipeline = FlowPipeline.from_pretrained(output / "pipeline")
+    assert pipeline.vae is not None and pipeline.vae.config.scaling_factor == 0.7
+    assert pipeline.transformer.config.in_channels == 4 and pipeline.transformer.config.sample_size == 4
+    images = pipeline(class_labels=["dog"], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 8, 8, 3)
+
+    # A streamed dataset cannot be cached: its images are encoded as they come.
+    streamed_latent = run(
+        train_flow, tmp_path / "streamed_latent", "--train_data_dir", str(folder), "--streaming",
+        "--vae", str(tmp_path / "vae"), "--max_train_steps", "2",
+    )  # fmt: skip
+    assert streamed_latent["global_step"] == 2
+    assert not (tmp_path / "streamed_latent" / "latent_cache").exists()
+    assert (tmp_path / "streamed_latent" / "pipeline" / "vae" / WEIGHTS).is_file()
+
+
+# ----------------------------------------------------------------------------- tracking
+def test_wandb_offline_run_records_metrics_images_and_scrubbed_config(train_flow, tmp_path: Path) -> None:
+    secret = "hf_do_not_leak_1234567890"
+    run(
+        train_flow, tmp_path, "--max_train_steps", "4", "--report_to", "wandb", "--validation_steps", "2",
+        "--hub_token", secret,
+    )  # fmt: skip
+    runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = read_wandb_records(next(runs[0].glob("run-*.wandb")))
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+    assert [row["_step"] for row in history] == [1, 2, 3, 4]
+    assert all({"loss", "lr", "grad_norm", "samples_per_second", "step_time"} <= set(row) for row in history)
+    assert [row.get("samples/_type") for row in history] == [
+        None,
+        "images/separated",
+        None,
+        "images/separated",
+    ]
+    config_keys = {i.key for r in records if r.WhichOneof("record_type") == "config" for i in r.config.update}
+    assert {
+        "learning_rate",
+        "train_batch_size",
+        "prediction_type",
+    } <= config_keys and "hub_token" not in config_keys
+    assert list((runs[0] / "files" / "media" / "images").glob("samples_*.png"))
+    assert (tmp_path / "samples" / "step-0000002.png").is_file()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_tensorboard_run_records_scalars_and_images(train_flow, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(
+        train_flow,
+        tmp_path,
+        "--max_train_steps",
+        "4",
+        "--report_to",
+        "tensorboard",
+        "--validation_steps",
+        "2",
+    )
+    events = list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    tags = {"scalars": set(), "images": set()}
+    steps = set()
+    for event_file in events:
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        tags["scalars"] |= set(accumulator.Tags()["scalars"])
+        tags["images"] |= set(accumulator.Tags()["images"])
+        if "loss" in accumulator.Tags()["scalars"]:
+            steps |= {event.step for event in accumulator.Scalars("loss")}
+    assert {"loss", "lr", "grad_norm", "samples_per_second"} <= tags["scalars"]
+    assert "samples" in tags["images"] and steps == {1, 2, 3, 4}
+
+
+# ----------------------------------------------------------------------------- evaluation during training
+def test_eval_steps_log_digit_accuracy_to_the_jsonl_log_and_tensorboard(train_flow, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(
+        train_flow, tmp_path, "--max_train_steps", "4", "--eval_steps", "2", "--eval_num_samples", "10",
+        "--report_to", "tensorboard",
+    )  # fmt: skip
+    evaluations = [record for record in log_records(tmp_path) if "eval/digit_accuracy" in record]
+    assert [record["step"] for record in evaluations] == [2, 4]
+    assert all(0.0 <= record["eval/digit_accuracy"] <= 1.0 for record in evaluations)
+    steps = set()
+    for event_file in (tmp_path / "logs").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        if "eval/digit_accuracy" in accumulator.Tags()["scalars"]:
+            steps |= {event.step for event in accumulator.Scalars("eval/digit_accuracy")}
+    assert steps == {2, 4}
+
+
+def test_eval_without_an_offline_extractor_is_skipped_with_one_log_line(train_flow, tmp_path: Path) -> None:
+    write_random_images(tmp_path / "images", ("a", "b"), 4)
+    output = tmp_path / "run"
+    run(
+        train_flow, output, "--train_data_dir", str(tmp_path / "images"), "--max_train_samples", "8",
+        "--max_train_steps", "2", "--eval_steps", "1",
+    )  # fmt: skip
+    log = (output / "train.log").read_text()
+    assert log.count("Evaluation during training skipped") == 1 and "--eval_extractor" in log
+    assert not any(key.startswith("eval/") for record in log_records(output) for key in record)
+
+
+def test_eval_steps_log_fd_dinov2_with_a_local_extractor_folder(
+    train_flow, tmp_path: Path, make_dinov2
+) -> None:
+    # A tiny randomly initialised DINOv2 saved to a folder: the real loading and feature code, no download.
+    make_dinov2(hidden_size=8, intermediate_size=16).save_pretrained(tmp_path / "dinov2")
+    write_random_images(tmp_path / "images", ("a", "b"), 8)
+    output = tmp_path / "run"
+    run(
+        train_flow, output, "--train_data_dir", str(tmp_path / "images"), "--max_train_samples", "16",
+        "--max_train_steps", "2", "--eval_steps", "2", "--eval_num_samples", "12",
+        "--eval_extractor", str(tmp_path / "dinov2"),
+    )  # fmt: skip
+    scores = [record["eval/fd_dinov2"] for record in log_records(output) if "eval/fd_dinov2" in record]
+    assert len(scores) == 1 and math.isfinite(scores[0]) and scores[0] > 0
+
+
+# ----------------------------------------------------------------------------- flags
+def test_default_flags_describe_the_digits_job(train_flow) -> None:
+    args = train_flow.parse_args([])
+    assert trains_on_digits(args) and args.resolution == 16 and args.output_dir == "outputs/digits"
+    assert model_settings(args) == DIGITS_MODEL_DEFAULTS
+    assert args.use_ema and args.label_dropout == 0.1 and args.prediction_type == "velocity"
+
+
+def test_vp_path_flags_reach_the_model_config_and_are_checked(train_flow) -> None:
+    args = train_flow.parse_args(["--path", "vp", "--vp_beta_min", "0.2", "--vp_beta_max", "10"])
+    model = build_model(args, path_from_args(args), in_channels=1, sample_size=8, num_classes=10)
+    assert model.config.path == "vp" and model.config.path_kwargs == {"beta_min": 0.2, "beta_max": 10.0}
+    default = train_flow.parse_args([])
+    linear = build_model(default, path_from_args(default), in_channels=1, sample_size=8, num_classes=10)
+    assert linear.config.path == "linear" and linear.config.path_kwargs is None
+    with pytest.raises(ValueError, match="--path vp only"):
+        train_flow.parse_args(["--path", "cosine", "--vp_beta_max", "10"])
+    with pytest.raises(ValueError, match="beta_max"):
+        train_flow.parse_args(["--path", "vp", "--vp_beta_max", "0"])
+    with pytest.raises(ValueError, match="eval_extractor"):
+        train_flow.parse_args(["--eval_steps", "5", "--eval_extractor", "/nonexistent/dinov2"])
+
+
+def test_bad_input_fails_before_training_with_a_clear_message(train_flow, tmp_path: Path) -> None:
+    import datasets
+
+    with pytest.raises(ValueError, match="not divisible by the patch size 4"):
+        train_flow.parse_args(["--resolution", "18"])
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        run(train_flow, tmp_path / "fp16", "--max_train_steps", "1", "--mixed_precision", "fp16")
+    with pytest.raises(ValueError, match="does not exist.*checkpoint-99"):
+        run(
+            train_flow,
+            tmp_path / "resume",
+            "--max_train_steps",
+            "1",
+            "--resume_from_checkpoint",
+            "checkpoint-99",
+        )
+
+    unlabelled = tmp_path / "unlabelled"
+    datasets.Dataset.from_dict(
+        {"image": [Image.new("L", (8, 8))] * 8, "caption": ["x"] * 8},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    ).save_to_disk(str(unlabelled))
+    with pytest.raises(ValueError, match="columns are: 'image', 'caption'"):
+        run(train_flow, tmp_path / "nolabel", "--dataset_name", str(unlabelled), "--max_train_steps", "1")
+
+    folder = tmp_path / "images"
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        for index in range(3):
+            Image.new("L", (8, 8), color=index * 40).save(folder / name / f"{index}.png")
+    (folder / "b" / "truncated.png").write_bytes((folder / "b" / "0.png").read_bytes()[:20])
+    with pytest.raises(ValueError, match=r"truncated\.png"):
+        run(train_flow, tmp_path / "corrupt", "--train_data_dir", str(folder), "--max_train_steps", "1")
+    # Nothing was trained or saved by any of these.
+    assert not list(tmp_path.glob("*/pipeline")) and not list(tmp_path.glob("*/checkpoint-*"))
+
+
+# ----------------------------------------------------------------------------- accelerate launch
+def test_two_processes_stay_in_sync_and_split_each_global_batch(tmp_path: Path) -> None:
+    # 64 examples, 4 per process per step, 2 processes: one epoch is 8 steps of 8 examples.
+    launch(
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", str(SCRIPT), "--output_dir", str(tmp_path), *TINY,
+        "--max_train_samples", "64", "--num_train_epochs", "1", "--checkpointing_steps", "8",
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["global_step"] == 8 and summary["samples_seen"] == 64
+    digests = summary["weights_digest_per_process"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    log = log_records(tmp_path)
+    assert [entry["step_samples"] for entry in log] == [8] * 8
+    checkpoint = tmp_path / "checkpoint-8"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert FlowPipeline.from_pretrained(tmp_path / "pipeline").id2label[7] == "7"
+
+
+def test_cli_smoke_single_process(tmp_path: Path) -> None:
+    result = launch(
+        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(SCRIPT), "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "2",
+        "--evaluation_samples_per_class", "1",
+    )  # fmt: skip
+    assert "Digit accuracy:" in result.stdout + result.stderr
+    assert (tmp_path / "pipeline" / "model_index.json").is_file()
+    assert (tmp_path / "train.log").read_text().count("Saved the pipeline") == 1
+
+
+# ----------------------------------------------------------------------------- the Hub
+def test_push_to_hub_uploads_the_pipeline_only_and_never_writes_the_token(
+    train_flow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    from .hub_stand_in import HubStandIn
+
+    secret = "hf_" + "s" * 34
+    # Offline everywhere else; this test talks to a server on 127.0.0.1 only.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with HubStandIn(tmp_path / "hub") as hub:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
+        summary = run(
+            train_flow, tmp_path / "out", "--max_train_steps", "2", "--checkpointing_steps", "1",
+            "--report_to", "tensorboard", "--push_to_hub", "--hub_model_id", "someone/tiny-digits",
+            "--hub_token", secret, "--hub_private_repo",
+        )  # fmt: skip
+    assert summary["hub_url"].startswith(hub.endpoint)
+    assert hub.created == [
+        {"name": "tiny-digits", "organization": "someone", "visibility": "private", "type": "model"}
+    ]
+    assert hub.authorization_headers and all(h == f"Bearer {secret}" for h in hub.authorization_headers)
+    uploaded = hub.repo_folder("someone/tiny-digits")
+    names = {p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file()}
+    assert {
+        "model_index.json",
+        "README.md",
+        "samples.png",
+        "transformer/diffusion_pytorch_model.safetensors",
+    } <= names
+    assert not any(name.startswith(("checkpoint", "logs", "train")) for name in names)
+    assert 'from_pretrained("someone/tiny-digits")' in (uploaded / "README.md").read_text()
+    assert FlowPipeline.from_pretrained(uploaded).id2label[0] == "0"
+    for path in [*uploaded.rglob("*"), *(tmp_path / "out").rglob("*")]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
