@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -72,9 +73,17 @@ def run(train_flow, output_dir: Path, *flags: str) -> dict:
     return train_flow.main(train_flow.parse_args(["--output_dir", str(output_dir), *TINY, *flags]))
 
 
+def free_port() -> int:
+    """A port nothing listens on now, so that two launches on one machine never share a rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", *arguments]
+    port = ["--main_process_port", str(free_port())] if "--multi_gpu" in arguments else []
+    command = [sys.executable, "-m", "accelerate.commands.launch", *port, *arguments]
     result = subprocess.run(
         command, capture_output=True, text=True, env=environment, timeout=timeout, cwd=REPO
     )
