@@ -143,8 +143,6 @@ class GuidedVelocity:
         self.class_labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long)
         parameter = next(transformer.parameters(), None)
         self.model_dtype = parameter.dtype if parameter is not None else None
-        # Points of the noise levels met so far: a sampling grid (Heun visits each twice) is located once.
-        self._points: dict[float, PathPoint] = {}
 
     def with_labels(self, class_labels: int | Sequence[int] | torch.Tensor | None) -> GuidedVelocity:
         """The same field for other class labels (same model, guidance and interval).
@@ -159,20 +157,18 @@ class GuidedVelocity:
         return GuidedVelocity(self.transformer, class_labels, self.guidance_scale, interval)
 
     def point(self, sigma: float | torch.Tensor) -> PathPoint:
-        """Where our noise level lies on the model's path (cached for numbers).
+        """Where our noise level lies on the model's path.
 
         Args:
             sigma: A noise level, or one per sample.
 
         Returns:
             The :class:`~flow_pipelines.paths.PathPoint`.
+
+        Raises:
+            ValueError: If the path's ``a + b`` vanishes there.
         """
-        if isinstance(sigma, torch.Tensor):
-            return self.path.at_sigma(sigma, self.num_train_timesteps)
-        point = self._points.get(sigma)
-        if point is None:
-            point = self._points[sigma] = self.path.at_sigma(sigma, self.num_train_timesteps)
-        return point
+        return self.path.at_sigma(sigma, self.num_train_timesteps)
 
     def _labels(self, batch: int, device: torch.device) -> torch.Tensor:
         if self.class_labels is None:

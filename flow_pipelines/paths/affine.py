@@ -27,6 +27,8 @@ _DIVISION_FLOOR = 1e-6
 # |a + b| below this makes x / (a + b) meaningless.
 _SCALE_FLOOR = 1e-12
 _BISECTION_STEPS = 64
+# Noise levels remembered per path: far more than any sampling grid has.
+_CACHE_SIZE = 4096
 
 Coefficient = float | torch.Tensor
 CoefficientFunction = Callable[[torch.Tensor], torch.Tensor | float]
@@ -186,6 +188,27 @@ class AffinePath:
     training_time_range: tuple[float, float] = (0.0, 1.0)
     """Times at which the path's velocity target is finite; training draws are clamped to them."""
 
+    def __init__(self) -> None:
+        # Coefficients and points of the numbers met so far: sampling grids revisit the same ones every call.
+        self._numbers: dict[float, tuple[float, float, float, float]] = {}
+        self._points: dict[tuple[float, float], PathPoint] = {}
+
+    def _values(
+        self, time: float | torch.Tensor
+    ) -> tuple[Coefficient, Coefficient, Coefficient, Coefficient]:
+        """``(a, b, a', b')`` at ``time``: numbers for a number (cached), tensors for one time per sample."""
+        if isinstance(time, torch.Tensor) and time.ndim > 0:
+            time = _as_time(time)
+            return (*self.coefficients(time), *self.derivatives(time))
+        key = float(time)
+        values = self._numbers.get(key)
+        if values is None:
+            time = _as_time(key)
+            values = tuple(float(value) for value in (*self.coefficients(time), *self.derivatives(time)))
+            if len(self._numbers) < _CACHE_SIZE:
+                self._numbers[key] = values
+        return values
+
     # ------------------------------------------------------------------------------------ the path itself
     def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a(t), b(t))``.
@@ -308,12 +331,7 @@ class AffinePath:
         Raises:
             ValueError: For an unknown prediction type.
         """
-        prediction_type = check_prediction_type(prediction_type)
-        scalar = not isinstance(time, torch.Tensor) or time.ndim == 0
-        time = _as_time(time)
-        (a, b), (da, db) = self.coefficients(time), self.derivatives(time)
-        a, b, da, db = (_scalar_or_tensor(value, scalar) for value in (a, b, da, db))
-        return _decomposition(prediction_type, a, b, da, db)
+        return _decomposition(check_prediction_type(prediction_type), *self._values(time))
 
     def decompose(
         self, prediction: torch.Tensor, sample: torch.Tensor, time: float | torch.Tensor, prediction_type: str
@@ -364,12 +382,8 @@ class AffinePath:
         from_type, to_type = check_prediction_type(from_type), check_prediction_type(to_type)
         if from_type == to_type:
             return prediction
-        parts = self.decomposition(time, from_type)
-        if to_type == "velocity":
-            scalar = not isinstance(time, torch.Tensor) or time.ndim == 0
-            da, db = (_scalar_or_tensor(value, scalar) for value in self.derivatives(_as_time(time)))
-        else:
-            da = db = 0.0
+        a, b, da, db = self._values(time)
+        parts = _decomposition(from_type, a, b, da, db)
         weight_x, weight_p = parts.combined(*_target_weights(to_type, da, db))
         return _combine(weight_x, sample, weight_p, prediction)
 
@@ -388,9 +402,8 @@ class AffinePath:
             The score, shaped like ``sample``.
         """
         noise = self.convert(prediction, sample, time, prediction_type, "epsilon")
-        scalar = not isinstance(time, torch.Tensor) or time.ndim == 0
-        _, b = self.coefficients(_as_time(time))
-        return noise * expand(-1.0 / _floored(_scalar_or_tensor(b, scalar)), noise)
+        b = self._values(time)[1]
+        return noise * expand(-1.0 / _floored(b), noise)
 
     # ------------------------------------------------------------------------------------ onto the straight path
     def at_sigma(self, sigma: float | torch.Tensor, num_train_timesteps: int | float = 1000) -> PathPoint:
@@ -408,6 +421,8 @@ class AffinePath:
             ValueError: If ``a + b`` vanishes at the path time of some ``sigma``.
         """
         scalar = not isinstance(sigma, torch.Tensor) or sigma.ndim == 0
+        if scalar and (float(sigma), float(num_train_timesteps)) in self._points:
+            return self._points[float(sigma), float(num_train_timesteps)]
         sigma_tensor = _as_time(sigma)
         time = self.time_from_sigma(sigma_tensor)
         (a, b), (da, db) = self.coefficients(time), self.derivatives(time)
@@ -422,7 +437,10 @@ class AffinePath:
                 "a + b != 0 at every noise level sampled."
             )
         values = (sigma_tensor, time, time * num_train_timesteps, scale, a, b, da, db)
-        return PathPoint(*(_scalar_or_tensor(value, scalar) for value in values))
+        point = PathPoint(*(_scalar_or_tensor(value, scalar) for value in values))
+        if scalar and len(self._points) < _CACHE_SIZE:
+            self._points[float(sigma), float(num_train_timesteps)] = point
+        return point
 
     def is_singular(self, sigma: float, prediction_type: str) -> bool:
         """Whether a prediction of this type carries no information at our noise level ``sigma``.
@@ -437,11 +455,12 @@ class AffinePath:
         Returns:
             True if the conversion divides by a vanishing coefficient there.
         """
-        prediction_type = check_prediction_type(prediction_type)
-        time = self.time_from_sigma(sigma)
-        (a, b), (da, db) = self.coefficients(time), self.derivatives(time)
-        divisor = {"sample": b, "epsilon": a, "velocity": a * db - b * da}[prediction_type]
-        return bool(abs(float(divisor)) < _DIVISION_FLOOR)
+        point = self.at_sigma(float(sigma))
+        a, b, da, db = point.a, point.b, point.da, point.db
+        divisor = {"sample": b, "epsilon": a, "velocity": a * db - b * da}[
+            check_prediction_type(prediction_type)
+        ]
+        return abs(divisor) < _DIVISION_FLOOR
 
 
 @dataclass(frozen=True)
@@ -551,6 +570,7 @@ class ReversedPath(AffinePath):
     def __init__(self, path: AffinePath) -> None:
         if isinstance(path, ReversedPath):
             raise ValueError("ReversedPath(ReversedPath(path)) is path itself; use path.")
+        super().__init__()
         self.path = path
         self.name = path.name
         self.parameters = (*path.parameters, "reverse_time")

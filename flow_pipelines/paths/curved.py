@@ -68,6 +68,7 @@ class VPPath(AffinePath):
             raise ValueError(
                 f"VP path needs beta_min >= 0 and beta_max > 0; got beta_min={beta_min}, beta_max={beta_max}."
             )
+        super().__init__()
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
 
@@ -155,6 +156,7 @@ class CustomPath(AffinePath):
         for label, function in (("a", a), ("b", b), ("da", da), ("db", db)):
             if function is not None and not callable(function):
                 raise ValueError(f"{label}={function!r} must be a callable of the path time t.")
+        super().__init__()
         self._a, self._b, self._da, self._db = a, b, da, db
         grid = torch.linspace(0.0, 1.0, _CHECK_GRID_POINTS, dtype=torch.float64)
         a_grid, b_grid = self.coefficients(grid)
