@@ -88,6 +88,31 @@ def test_hub_repo_id_loads_from_an_offline_cache(make_flow_pipeline, offline_hub
         assert torch.equal(sample(loaded), expected)
 
 
+@pytest.mark.parametrize("loader", [FlowPipeline, DiffusionPipeline])
+def test_a_folder_saved_before_the_model_config_decided_still_loads_and_samples_the_same(
+    make_flow_pipeline, tmp_path, loader
+):
+    """Folders saved before: the model config named a `time_convention`, the scheduler the model's prediction type."""
+    pipe = make_flow_pipeline(prediction_type="sample")
+    pipe.save_pretrained(tmp_path / "old")
+    model_config = tmp_path / "old" / "transformer" / "config.json"
+    model_config.write_text(json.dumps({**json.loads(model_config.read_text()), "time_convention": "flow"}))
+    scheduler_config = tmp_path / "old" / "scheduler" / "scheduler_config.json"
+    scheduler_config.write_text(
+        json.dumps({**json.loads(scheduler_config.read_text()), "prediction_type": "sample"})
+    )
+    loaded = loader.from_pretrained(tmp_path / "old")
+    loaded.set_progress_bar_config(disable=True)
+    assert (
+        loaded.scheduler.config.prediction_type == "sample"
+        and "time_convention" not in loaded.transformer.config
+    )
+    call = {"num_inference_steps": 4, "guidance_scale": 2.0, "output_type": "pt"}
+    expected = pipe([1, 2], generator=torch.Generator().manual_seed(0), **call).images
+    got = loaded([1, 2], generator=torch.Generator().manual_seed(0), **call).images
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
 def test_registration_is_idempotent_and_publishes_the_pipeline():
     import diffusers
     from diffusers.pipelines import pipeline_utils
