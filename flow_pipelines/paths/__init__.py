@@ -47,12 +47,11 @@ from .affine import (
     Decomposition,
     LinearPath,
     PathPoint,
-    ReversedPath,
     check_prediction_type,
     expand,
     shift_sigmas,
 )
-from .curved import CosinePath, CustomPath, VPPath
+from .curved import CosinePath, CustomPath, ReversedPath, VPPath
 
 PATH_NAMES: tuple[str, ...] = ("linear", "cosine", "vp")
 _PATHS: dict[str, type[AffinePath]] = {"linear": LinearPath, "cosine": CosinePath, "vp": VPPath}

@@ -3,8 +3,7 @@
 :class:`AffinePath` is ``x_t = a(t) x0 + b(t) noise`` in a model's own time ``t``; everything that converts
 between velocity, sample, epsilon and score, and everything that maps our noise level onto a path, is written
 here once, for every path. :class:`LinearPath` (the straight path, :data:`STRAIGHT_PATH`) and
-:class:`ReversedPath` (time running the other way) are defined here too; the curved paths are in
-:mod:`flow_pipelines.paths.curved`. See :mod:`flow_pipelines.paths` for the convention.
+the other paths (curved ones, and any path with its time reversed) are in :mod:`flow_pipelines.paths.curved`. See :mod:`flow_pipelines.paths` for the convention.
 """
 
 from __future__ import annotations
@@ -554,58 +553,6 @@ class LinearPath(AffinePath):
     def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
         """``t = sigma``; see :meth:`AffinePath.time_from_sigma`."""
         return _as_time(sigma).clamp(0.0, 1.0)
-
-
-class ReversedPath(AffinePath):
-    """A path with time running the other way, from noise (``t = 0``) to data (``t = 1``): ``a(1 - t)``, ``b(1 - t)``.
-
-    SiT and facebookresearch/flow_matching write their paths so; SiT's linear path is
-    ``ReversedPath(LinearPath())`` (``x_t = t x0 + (1 - t) noise``, velocity ``x0 - noise``). The model's
-    velocity is the derivative in its own time, so the derivatives change sign.
-
-    Args:
-        path: The path in the package's direction (noise growing with time).
-    """
-
-    def __init__(self, path: AffinePath) -> None:
-        if isinstance(path, ReversedPath):
-            raise ValueError("ReversedPath(ReversedPath(path)) is path itself; use path.")
-        super().__init__()
-        self.path = path
-        self.name = path.name
-        self.parameters = (*path.parameters, "reverse_time")
-        low, high = path.training_time_range
-        self.training_time_range = (1.0 - high, 1.0 - low)
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """The wrapped path's parameters and ``reverse_time=True``."""
-        return {**self.path.kwargs, "reverse_time": True}
-
-    def __repr__(self) -> str:
-        return f"ReversedPath({self.path!r})"
-
-    def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(a(1 - t), b(1 - t))``; see :meth:`AffinePath.coefficients`."""
-        return self.path.coefficients(1.0 - time)
-
-    def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(-a'(1 - t), -b'(1 - t))``; see :meth:`AffinePath.derivatives`."""
-        da, db = self.path.derivatives(1.0 - time)
-        return -da, -db
-
-    def sigma_from_time(self, time: float | torch.Tensor) -> torch.Tensor:
-        """See :meth:`AffinePath.sigma_from_time`."""
-        return self.path.sigma_from_time(1.0 - _as_time(time))
-
-    @property
-    def sigma_range(self) -> tuple[float, float]:
-        """The wrapped path's range (reached at the other ends of time)."""
-        return self.path.sigma_range
-
-    def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
-        """``1 - t(sigma)`` of the wrapped path; see :meth:`AffinePath.time_from_sigma`."""
-        return 1.0 - self.path.time_from_sigma(sigma)
 
 
 STRAIGHT_PATH = LinearPath()

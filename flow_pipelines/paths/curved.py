@@ -1,4 +1,4 @@
-"""The curved paths: cosine (GVP), variance-preserving (VP), and any path from user-given coefficients."""
+"""The other paths: cosine (GVP), variance-preserving (VP), user-given coefficients, and time running backwards."""
 
 from __future__ import annotations
 
@@ -204,3 +204,55 @@ class CustomPath(AffinePath):
         da = self._evaluate(self._da, time) if self._da is not None else self._differentiate(self._a, time)
         db = self._evaluate(self._db, time) if self._db is not None else self._differentiate(self._b, time)
         return da, db
+
+
+class ReversedPath(AffinePath):
+    """A path with time running the other way, from noise (``t = 0``) to data (``t = 1``): ``a(1 - t)``, ``b(1 - t)``.
+
+    SiT and facebookresearch/flow_matching write their paths so; SiT's linear path is
+    ``ReversedPath(LinearPath())`` (``x_t = t x0 + (1 - t) noise``, velocity ``x0 - noise``). The model's
+    velocity is the derivative in its own time, so the derivatives change sign.
+
+    Args:
+        path: The path in the package's direction (noise growing with time).
+    """
+
+    def __init__(self, path: AffinePath) -> None:
+        if isinstance(path, ReversedPath):
+            raise ValueError("ReversedPath(ReversedPath(path)) is path itself; use path.")
+        super().__init__()
+        self.path = path
+        self.name = path.name
+        self.parameters = (*path.parameters, "reverse_time")
+        low, high = path.training_time_range
+        self.training_time_range = (1.0 - high, 1.0 - low)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The wrapped path's parameters and ``reverse_time=True``."""
+        return {**self.path.kwargs, "reverse_time": True}
+
+    def __repr__(self) -> str:
+        return f"ReversedPath({self.path!r})"
+
+    def coefficients(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a(1 - t), b(1 - t))``; see :meth:`AffinePath.coefficients`."""
+        return self.path.coefficients(1.0 - time)
+
+    def derivatives(self, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-a'(1 - t), -b'(1 - t))``; see :meth:`AffinePath.derivatives`."""
+        da, db = self.path.derivatives(1.0 - time)
+        return -da, -db
+
+    def sigma_from_time(self, time: float | torch.Tensor) -> torch.Tensor:
+        """See :meth:`AffinePath.sigma_from_time`."""
+        return self.path.sigma_from_time(1.0 - _as_time(time))
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """The wrapped path's range (reached at the other ends of time)."""
+        return self.path.sigma_range
+
+    def time_from_sigma(self, sigma: float | torch.Tensor) -> torch.Tensor:
+        """``1 - t(sigma)`` of the wrapped path; see :meth:`AffinePath.time_from_sigma`."""
+        return 1.0 - self.path.time_from_sigma(sigma)
