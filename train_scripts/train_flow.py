@@ -216,11 +216,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         output_dir, args.mixed_precision, args.report_to, args.logging_dir, args.cpu_threads
     )
     resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    device, is_main, num_processes = (
-        accelerator.device,
-        accelerator.is_main_process,
-        accelerator.num_processes,
-    )
+    device, is_main = accelerator.device, accelerator.is_main_process
+    num_processes = accelerator.num_processes
     accumulation = args.gradient_accumulation_steps
     start_file_logging(output_dir, is_main)
     set_seed(args.seed)

@@ -22,7 +22,7 @@ singular at sigma = 1 and needs ``sigma_max < 1``, with the prior then taken as 
 ignores the data's ``(1 - sigma_max)^2`` share of the variance).
 
 Bits per dimension of 8-bit images: pixels ``k`` in {0..255} map to the model range by ``k / 127.5 - 1``
-(:func:`flow_pipelines.training.data.pixels_to_model_range`), i.e. bins of width ``2/255``, and are
+(:func:`flow_pipelines.images.pixels_to_model_range`), i.e. bins of width ``2/255``, and are
 dequantised with uniform noise over their bin. With ``D`` dimensions and the continuous log-density
 ``log p(x)`` in nats::
 
