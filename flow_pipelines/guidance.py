@@ -191,10 +191,8 @@ class GuidedVelocity:
         return torch.where(inside, self.guidance_scale, 1.0).to(torch.float32)
 
     def _call(self, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        output = self.transformer(hidden_states=x, timestep=timestep, class_labels=labels, return_dict=False)[
-            0
-        ]
-        return output[:, : self.channels]
+        outputs = self.transformer(hidden_states=x, timestep=timestep, class_labels=labels, return_dict=False)
+        return outputs[0][:, : self.channels]
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """The guided velocity at ``(x, sigma)`` (differentiable in ``x`` when grad is enabled).

@@ -77,6 +77,20 @@ def test_cfg_is_one_batched_call_per_evaluation(make_flow_pipeline):
         torch.testing.assert_close(torch.stack([t[0] for _, t, _ in calls]), pipe.scheduler.timesteps)
 
 
+def test_per_sample_noise_levels_are_guided_only_inside_the_interval(make_dit):
+    """One noise level per sample (as the likelihood passes them): each sample is guided where its own level is."""
+    model = make_dit(float64=True)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    labels, sigma = torch.tensor([1, 2, 3]), torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    together = GuidedVelocity(model, labels, guidance_scale=3.0, guidance_interval=(0.4, 0.6))(x, sigma)
+    for i, level in enumerate(sigma.tolist()):
+        scale = 3.0 if 0.4 <= level <= 0.6 else 1.0
+        alone = GuidedVelocity(model, labels[i : i + 1], guidance_scale=scale)(x[i : i + 1], level)
+        torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-10, atol=1e-10)
+    unguided = GuidedVelocity(model, labels)(x, sigma)
+    assert torch.allclose(together[0], unguided[0]) and not torch.allclose(together[1], unguided[1])
+
+
 def test_guidance_interval_uses_batch_b_outside(make_flow_pipeline):
     pipe = make_flow_pipeline()
     noise = noise_for(pipe, 2)
