@@ -58,6 +58,41 @@ def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
+def check_class_folders(folder: str | Path) -> list[str]:
+    """Check that an image folder holds one sub-folder of images per class, at least two classes.
+
+    ``datasets``' ``imagefolder`` names no label column for a flat folder or a single class, which would surface
+    later as a missing label column; this says what is wrong with the folder instead.
+
+    Args:
+        folder: ``--train_data_dir``.
+
+    Returns:
+        The class names (sub-folders holding files, in ``train/`` for imagefolder's split layout), sorted.
+
+    Raises:
+        ValueError: If the folder does not exist, has no class sub-folders, or only one.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"train_data_dir={str(folder)!r} is not a folder.")
+    if (folder / "train").is_dir() and any(child.is_dir() for child in (folder / "train").iterdir()):
+        folder = folder / "train"  # imagefolder's split layout: train/<class>/...
+    classes = sorted(
+        child.name
+        for child in folder.iterdir()
+        if child.is_dir() and any(p.is_file() for p in child.rglob("*"))
+    )
+    loose = sum(1 for child in folder.iterdir() if child.is_file())
+    if len(classes) < 2:
+        found = f"one class sub-folder ({classes[0]!r})" if classes else "no class sub-folders"
+        raise ValueError(
+            f"train_data_dir={str(folder)!r} has {found} and {loose} image file(s) directly in it; class-conditional "
+            "training needs one sub-folder per class, at least two (e.g. cats/, dogs/)."
+        )
+    return classes
+
+
 def load_image_dataset(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -91,8 +126,7 @@ def load_image_dataset(
             f"Give either dataset_name ({dataset_name!r}) or train_data_dir ({train_data_dir!r}), not both."
         )
     if train_data_dir is not None:
-        if not Path(train_data_dir).is_dir():
-            raise ValueError(f"train_data_dir={train_data_dir!r} is not a folder.")
+        check_class_folders(train_data_dir)
         return datasets.load_dataset(
             "imagefolder", data_dir=train_data_dir, split=split, streaming=streaming, cache_dir=cache_dir
         )

@@ -120,6 +120,36 @@ def write_model_card(
     return path
 
 
+def check_push_access(
+    repo_id: str, token: str | None = None, private: bool = False, api: HfApi | None = None
+) -> str:
+    """Make sure a later upload can succeed: the Hub is reachable and the repository exists or can be created.
+
+    Called before a training run, so that a missing login or a bad repo id fails in seconds, not after hours.
+
+    Args:
+        repo_id: ``"user/name"`` of the repository.
+        token: A Hub token; the cached login (``hf auth login``, ``HF_TOKEN``) is used when ``None``.
+        private: Create the repository as private.
+        api: The Hub client to use; a default `HfApi` otherwise.
+
+    Returns:
+        The repository's URL.
+
+    Raises:
+        ValueError: If the Hub cannot be reached, the token is missing or refused, or the repo id is invalid.
+    """
+    api = api or HfApi()
+    try:
+        return str(api.create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model"))
+    except Exception as error:  # offline mode, HTTP and validation errors alike: one message, before any work
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"--push_to_hub: cannot create or reach the Hub repository {repo_id!r} ({type(error).__name__}: "
+            f"{reason}). Log in with `hf auth login` (or set HF_TOKEN), check --hub_model_id, or drop --push_to_hub."
+        ) from error
+
+
 def push_pipeline_to_hub(
     pipeline_dir: str | os.PathLike,
     repo_id: str,

@@ -10,10 +10,13 @@ import importlib.util
 import json
 import math
 import os
+import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -625,9 +628,9 @@ def test_push_to_hub_uploads_the_pipeline_only_and_never_writes_the_token(
             "--hub_token", secret, "--hub_private_repo",
         )  # fmt: skip
     assert summary["hub_url"].startswith(hub.endpoint)
-    assert hub.created == [
-        {"name": "tiny-digits", "organization": "someone", "visibility": "private", "type": "model"}
-    ]
+    # Created (or found) once before the first step, so a bad login fails early, and again by the upload.
+    expected = {"name": "tiny-digits", "organization": "someone", "visibility": "private", "type": "model"}
+    assert hub.created == [expected, expected]
     assert hub.authorization_headers and all(h == f"Bearer {secret}" for h in hub.authorization_headers)
     uploaded = hub.repo_folder("someone/tiny-digits")
     names = {p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file()}
@@ -643,3 +646,190 @@ def test_push_to_hub_uploads_the_pipeline_only_and_never_writes_the_token(
     for path in [*uploaded.rglob("*"), *(tmp_path / "out").rglob("*")]:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_push_to_hub_fails_before_training_when_the_hub_is_unreachable(train_flow, tmp_path: Path) -> None:
+    # HF_HUB_OFFLINE=1 in the tests: the repository cannot be created, which must show at once.
+    with pytest.raises(
+        ValueError, match="--push_to_hub: cannot create or reach the Hub repository 'someone/x'"
+    ):
+        run(train_flow, tmp_path, "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "someone/x")
+    assert not (tmp_path / "training_args.json").exists() and not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_a_failed_upload_keeps_every_local_result_and_says_how_to_push_later(
+    train_flow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flow_pipelines.training import publish
+
+    monkeypatch.setattr(publish, "check_push_access", lambda *args, **kwargs: "checked")
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("the Hub went away")
+
+    monkeypatch.setattr(publish, "push_pipeline_to_hub", refuse)
+    summary = run(
+        train_flow, tmp_path, "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "someone/x"
+    )
+    assert summary["hub_error"] == "ConnectionError: the Hub went away"
+    assert json.loads((tmp_path / "train_summary.json").read_text())["hub_error"] == summary["hub_error"]
+    assert FlowPipeline.from_pretrained(tmp_path / "pipeline").id2label[0] == "0"
+    assert f"hf upload someone/x {tmp_path / 'pipeline'}" in (tmp_path / "train.log").read_text()
+
+
+# ----------------------------------------------------------------------------- nothing lost, nothing silent
+def test_a_folder_holding_a_run_is_refused_and_replaced_only_when_asked_keeping_user_files(
+    train_flow, tmp_path: Path
+) -> None:
+    run(train_flow, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2")
+    (tmp_path / "my_notes.md").write_text("mine")
+    with pytest.raises(
+        ValueError, match="already holds a run .*--resume_from_checkpoint latest.*--overwrite_output_dir"
+    ):
+        run(train_flow, tmp_path, "--max_train_steps", "2")
+    assert json.loads((tmp_path / "train_summary.json").read_text())["global_step"] == 4  # untouched
+    # An earlier, longer run left higher-numbered checkpoints: replacing the run removes them, so neither the
+    # rotation of the new run's checkpoints nor 'latest' can ever pick the other run's.
+    (tmp_path / "checkpoint-12").mkdir()
+    summary = run(
+        train_flow, tmp_path, "--max_train_steps", "3", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2",
+        "--overwrite_output_dir",
+    )  # fmt: skip
+    assert summary["global_step"] == 3 and (tmp_path / "my_notes.md").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert [entry["step"] for entry in log_records(tmp_path)] == [1, 2, 3]
+    assert "Removed" in (tmp_path / "train.log").read_text()
+    with pytest.raises(ValueError, match="checkpoint-2 is older than checkpoint-3.*mix two histories"):
+        run(train_flow, tmp_path, "--max_train_steps", "5", "--resume_from_checkpoint", "checkpoint-2")
+
+
+def test_a_resumed_run_refuses_flags_it_cannot_honour(train_flow, tmp_path: Path) -> None:
+    run(train_flow, tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "2")
+    with pytest.raises(
+        ValueError, match=r"--learning_rate was 0\.002, now 0\.01; --train_batch_size was 4, now 8"
+    ):
+        run(
+            train_flow, tmp_path, "--max_train_steps", "4", "--resume_from_checkpoint", "latest",
+            "--learning_rate", "0.01", "--train_batch_size", "8",
+        )  # fmt: skip
+    # What only changes how the run is kept or looked at may change, and the run may be extended.
+    summary = run(
+        train_flow,
+        tmp_path,
+        "--max_train_steps",
+        "4",
+        "--resume_from_checkpoint",
+        "latest",
+        "--logging_steps",
+        "2",
+    )
+    assert summary["global_step"] == 4
+    assert json.loads((tmp_path / "training_args.json").read_text())["logging_steps"] == 2
+
+
+def test_non_finite_flags_gradients_and_weights_never_reach_a_checkpoint(train_flow, tmp_path: Path) -> None:
+    for value in ("inf", "nan"):
+        with pytest.raises(ValueError, match=f"--learning_rate={value} must be a finite number"):
+            train_flow.parse_args(["--learning_rate", value])
+    # A huge rate with no clipping: an update makes the gradients (or the next loss) overflow. The run stops
+    # before that update, and every checkpoint it left holds finite weights.
+    with pytest.raises(FloatingPointError, match="(gradient norm|loss) is (inf|nan)"):
+        run(
+            train_flow, tmp_path, "--max_train_steps", "20", "--checkpointing_steps", "1", "--learning_rate", "1e6",
+            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--max_grad_norm", "0", "--adam_epsilon", "1e-30",
+        )  # fmt: skip
+    checkpoints = list(tmp_path.glob("checkpoint-*"))
+    assert checkpoints and not (tmp_path / "pipeline").exists()
+    for checkpoint in checkpoints:
+        for folder in ("transformer", "transformer_ema"):
+            assert all(torch.isfinite(t).all() for t in weights(checkpoint / folder).values()), checkpoint
+
+
+def test_the_hub_token_is_redacted_from_the_command_line_before_wandb_records_it(
+    train_flow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "hf_" + "q" * 34
+    monkeypatch.setattr(sys, "argv", ["train_flow.py", "--hub_token", secret, f"--hub_token={secret}"])
+    run(train_flow, tmp_path, "--max_train_steps", "1", "--report_to", "wandb", "--hub_token", secret)
+    assert sys.argv == ["train_flow.py", "--hub_token", "***", "--hub_token=***"]
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".wandb" for path in files)
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+
+
+def start_training(tmp_path: Path, *flags: str) -> subprocess.Popen:
+    """The script in a subprocess (stdout and stderr to files in ``tmp_path``), on the tiny settings."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "out"), *TINY, *flags]
+    with open(tmp_path / "stdout.txt", "w") as stdout, open(tmp_path / "stderr.txt", "w") as stderr:
+        return subprocess.Popen(command, stdout=stdout, stderr=stderr, env=environment)
+
+
+def wait_for(condition, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, "the run ended early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_sigterm_stops_after_a_resumable_checkpoint_without_a_traceback(train_flow, tmp_path: Path) -> None:
+    process = start_training(tmp_path, "--max_train_steps", "100000", "--logging_steps", "1")
+    log = tmp_path / "out" / "train_log.jsonl"
+    wait_for(lambda: log.is_file() and log.read_text().count("\n") >= 3, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr and "SIGTERM received" in stderr + (tmp_path / "stdout.txt").read_text()
+    (checkpoint,) = (tmp_path / "out").glob("checkpoint-*")
+    step = json.loads((checkpoint / "training_state.json").read_text())["global_step"]
+    assert step >= 3 and "Stopped at step" in (tmp_path / "out" / "train.log").read_text()
+    summary = run(
+        train_flow, tmp_path / "out", "--max_train_steps", str(step + 2), "--resume_from_checkpoint", "latest"
+    )
+    assert summary["global_step"] == step + 2
+
+
+def test_kill_9_during_a_save_leaves_the_last_checkpoint_and_the_next_run_clears_the_staging(
+    train_flow, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+
+    def saving_after_a_complete_save() -> bool:
+        names = [path.name for path in out.iterdir()] if out.is_dir() else []
+        return any(n.startswith("checkpoint-") for n in names) and any(
+            n.startswith(".checkpoint-") for n in names
+        )
+
+    for _ in range(5):  # the kill must land inside a save; a save that just finished is tried again
+        shutil.rmtree(out, ignore_errors=True)
+        process = start_training(tmp_path, "--max_train_steps", "100000", "--checkpointing_steps", "1")
+        wait_for(saving_after_a_complete_save, process)
+        process.kill()
+        process.wait(timeout=60)
+        if any(p.name.startswith(".checkpoint-") for p in out.iterdir()):
+            break
+    complete = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p for p in out.iterdir() if p.name.startswith(".checkpoint-")] and complete
+    step = json.loads((complete[-1] / "training_state.json").read_text())["global_step"]
+    summary = run(train_flow, out, "--max_train_steps", str(step + 1), "--resume_from_checkpoint", "latest")
+    assert summary["global_step"] == step + 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert "an interrupted save's" in (out / "train.log").read_text()
+
+
+def test_user_errors_end_in_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    for flags, message in (
+        (["--learning_rate", "-1"], "error: --learning_rate=-1.0 must be a positive number."),
+        (["--train_data_dir", str(tmp_path / "missing")], "is not a folder"),
+    ):
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "out"), *TINY, *flags],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            timeout=300,
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr

@@ -122,3 +122,31 @@ def test_local_folder_passed_as_a_dataset_name_goes_through_load_dataset(tmp_pat
     batch = data.dataset.__getitems__([0, 1, 2])
     assert batch["pixels"].shape == (3, 3, 4, 4)
     assert sorted(int(p.float().mean()) for p in batch["pixels"]) == [5, 15, 250]
+
+
+def test_the_channel_count_comes_from_the_whole_set_not_its_first_image(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for index in range(4):
+            colour = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+            Image.fromarray(colour).save(tmp_path / name / f"{index}.png")
+    Image.new("L", (6, 6), color=90).save(tmp_path / "a" / "0.png")  # the first image is grey
+    with caplog.at_level("WARNING", logger="train_flow"):
+        data = prepare_training_data(DataConfig(train_data_dir=str(tmp_path), resolution=6))
+    assert data.num_channels == 3 and data.dataset.__getitems__([0])["pixels"].shape == (1, 3, 6, 6)
+    assert "1 with 1, 7 with 3" in caplog.text and "training with 3 channels" in caplog.text
+
+
+def test_an_unreadable_image_stops_the_run_at_the_start_even_without_a_cache(tmp_path: Path) -> None:
+    folder = write_image_folder(tmp_path / "images", {"a": [10, 20, 30], "b": [40, 50, 60]})
+    (folder / "b" / "img_050.png").write_bytes((folder / "b" / "img_040.png").read_bytes()[:30])
+    config = DataConfig(train_data_dir=str(folder), resolution=6, cache_images="no")
+    with pytest.raises(ValueError, match=r"1 training image\(s\) cannot be read.*img_050\.png"):
+        prepare_training_data(config)
+    # Asked not to check, the set loads, and the file is named when it is reached.
+    data = prepare_training_data(DataConfig(**{**config.__dict__, "check_images": False}))
+    with pytest.raises(ValueError, match=r"img_050\.png"):
+        [data.dataset[index] for index in range(data.num_examples)]

@@ -25,6 +25,8 @@ import argparse
 import contextlib
 import itertools
 import json
+import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,55 +37,29 @@ import torch
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accelerate.utils import set_seed  # noqa: E402
-from diffusers.optimization import get_scheduler  # noqa: E402
-from diffusers.training_utils import EMAModel  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
-from flow_pipelines.hub import public_config  # noqa: E402
-from flow_pipelines.training.architecture import add_model_args, build_model, model_settings  # noqa: E402
-from flow_pipelines.training.batches import (  # noqa: E402
-    BatchStream,
-    add_data_args,
-    check_data_args,
-    load_training_data,
-    make_loader,
-    to_model_space,
-    total_steps,
-    trains_on_digits,
+from flow_pipelines.hub import public_config
+from flow_pipelines.training import (
+    architecture,
+    batches,
+    checkpointing,
+    flags,
+    guards,
+    latents,
+    objectives,
+    publish,
+    run_folder,
+    runtime,
+    tracking,
+    validation,
 )
-from flow_pipelines.training.checkpointing import (  # noqa: E402
-    TrainingPosition,
-    load_checkpoint,
-    register_checkpoint_hooks,
-    resolve_resume_checkpoint,
-    save_checkpoint,
-)
-from flow_pipelines.training.ema import ema_weights  # noqa: E402
-from flow_pipelines.training.latents import vae_scale_factor  # noqa: E402
-from flow_pipelines.training.objectives import add_objective_args, drop_labels, objective_from_args  # noqa: E402
-from flow_pipelines.training.publish import (  # noqa: E402
-    add_publish_args,
-    check_publish_args,
-    save_result,
-    training_pipeline,
-)
-from flow_pipelines.training.runtime import (  # noqa: E402
-    Throughput,
-    gather_digests,
-    logger,
-    make_accelerator,
-    start_file_logging,
-    step_generator,
-)
-from flow_pipelines.training.tracking import MetricsLog, add_tracking_args, log_images, start_trackers  # noqa: E402
-from flow_pipelines.training.validation import (
-    TrainingEvaluator,
-    add_validation_args,
-    check_validation_args,
-    grid_classes,
-    sample_grid,
-)  # noqa: E402
+from flow_pipelines.training.ema import ema_weights
+
+logger = logging.getLogger("train_flow")
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial")
 
@@ -98,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a class-conditional DiT by flow matching and save a FlowPipeline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_data_args(parser)
-    add_model_args(parser)
-    add_objective_args(parser)
+    batches.add_data_args(parser)
+    architecture.add_model_args(parser)
+    objectives.add_objective_args(parser)
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=128, help="Batch size per process.")
     optim.add_argument("--num_train_epochs", type=int, default=None)
@@ -133,14 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoints_total_limit", type=int, default=2)
     run.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder.")
     run.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace a run already in --output_dir (its files only).",
+    )
+    run.add_argument(
         "--cpu_threads",
         type=int,
         default=None,
         help="torch threads per process on a CPU (default: the idle cores).",
     )
-    add_tracking_args(parser)
-    add_validation_args(parser)
-    add_publish_args(parser)
+    tracking.add_tracking_args(parser)
+    validation.add_validation_args(parser)
+    publish.add_publish_args(parser)
     debug = parser.add_argument_group("debugging")
     debug.add_argument("--overfit_one_batch", action="store_true", help="Train on the first batch only.")
     return parser
@@ -172,25 +153,20 @@ def check_args(args: argparse.Namespace) -> None:
     Raises:
         ValueError: Naming the flag, its value and what is allowed.
     """
-    positive = ["train_batch_size", "gradient_accumulation_steps", "learning_rate", "logging_steps"]
-    optional = ["max_train_steps", "num_train_epochs", "checkpoints_total_limit"]
-    for name in positive + [name for name in optional if getattr(args, name) is not None]:
-        if not getattr(args, name) > 0:
-            raise ValueError(f"--{name}={getattr(args, name)} must be a positive number.")
-    for name in ("checkpointing_steps", "lr_warmup_steps"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name}={getattr(args, name)} must be >= 0 (0 disables).")
+    positive = ("train_batch_size", "gradient_accumulation_steps", "learning_rate", "logging_steps")
+    optional = ("max_train_steps", "num_train_epochs", "checkpoints_total_limit")
+    flags.check_numbers(
+        args, positive + optional, ("checkpointing_steps", "lr_warmup_steps", "max_grad_norm")
+    )
     if not 0.0 <= args.ema_decay < 1.0:
         raise ValueError(f"--ema_decay={args.ema_decay} must lie in [0, 1).")
-    if args.max_grad_norm < 0:
-        raise ValueError(f"--max_grad_norm={args.max_grad_norm} must be >= 0 (0 disables clipping).")
     if args.overfit_one_batch and args.max_train_steps is None:
         raise ValueError("--overfit_one_batch needs --max_train_steps.")
-    check_validation_args(args, trains_on_digits(args))
-    check_publish_args(args)
-    check_data_args(args)
-    objective_from_args(args)
-    patch = model_settings(args)["patch_size"]
+    validation.check_validation_args(args, batches.trains_on_digits(args))
+    publish.check_publish_args(args)
+    batches.check_data_args(args)
+    objectives.objective_from_args(args)
+    patch = architecture.model_settings(args)["patch_size"]
     if args.vae is None and args.resolution % patch:
         raise ValueError(
             f"--resolution={args.resolution} is not divisible by the patch size {patch}; allowed: multiples of {patch}."
@@ -208,18 +184,31 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     Raises:
         ValueError: For bad input, before training starts.
-        FloatingPointError: If the loss becomes NaN or infinite (naming the step); checkpoints are kept.
+        FloatingPointError: If the loss, the gradient or the weights become NaN or infinite (naming the step);
+            checkpoints are kept.
     """
     check_args(args)
-    output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(
+    runtime.redact_argv(sys.argv)  # before a tracker records the command line
+    output_dir, config = Path(args.output_dir), public_config(vars(args))
+    accelerator = runtime.make_accelerator(
         output_dir, args.mixed_precision, args.report_to, args.logging_dir, args.cpu_threads
     )
-    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
     device, is_main = accelerator.device, accelerator.is_main_process
-    num_processes = accelerator.num_processes
-    accumulation = args.gradient_accumulation_steps
-    start_file_logging(output_dir, is_main)
+    num_processes, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
+    on_digits = batches.trains_on_digits(args)
+    resume_from = checkpointing.resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
+    if resume_from is not None:
+        checkpointing.check_resume_flags(resume_from, config)
+    publish.check_hub_before_training(args, accelerator)
+    # One run per folder: every process checks (and fails alike); the main process clears what may go.
+    remove = run_folder.check_run_folder(output_dir, resume_from, args.overwrite_output_dir)
+    stale = run_folder.prepare_run_folder(output_dir, remove) if is_main else []
+    accelerator.wait_for_everyone()
+    runtime.start_file_logging(output_dir, is_main)
+    for path in [*remove, *stale]:
+        logger.info(
+            "Removed %s (%s)", path, "an earlier run's" if path in remove else "an interrupted save's"
+        )
     set_seed(args.seed)
     logger.info(
         "Process %d/%d on %s (%d torch threads), mixed precision %s",
@@ -230,8 +219,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         accelerator.mixed_precision,
     )
     # ------------------------------------------------------------------ data: pixels, or VAE latents cached once
-    data, dataset, vae = load_training_data(args, accelerator, model_settings(args)["patch_size"])
-    loader, sampler, batches_per_epoch = make_loader(
+    data, dataset, vae = batches.load_training_data(
+        args, accelerator, architecture.model_settings(args)["patch_size"]
+    )
+    loader, sampler, batches_per_epoch = batches.make_loader(
         dataset,
         data.num_examples,
         args.train_batch_size,
@@ -242,14 +233,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.dataloader_num_workers,
     )
     steps_per_epoch = batches_per_epoch // accumulation if batches_per_epoch else None
-    max_train_steps = total_steps(args, steps_per_epoch)
+    max_train_steps = batches.total_steps(args, steps_per_epoch)
     # ------------------------------------------------------------------ model, objective, optimiser, EMA
-    objective = objective_from_args(args)
-    sample_size = args.resolution // (vae_scale_factor(vae) if vae is not None else 1)
+    objective = objectives.objective_from_args(args)
+    sample_size = args.resolution // (latents.vae_scale_factor(vae) if vae is not None else 1)
     in_channels = vae.config.latent_channels if vae is not None else data.num_channels
-    transformer = build_model(args, objective.path, in_channels, sample_size, len(data.id2label))
+    transformer = architecture.build_model(args, objective.path, in_channels, sample_size, len(data.id2label))
     num_parameters = sum(p.numel() for p in transformer.parameters())
-    logger.info("Model: DiT %s, %.2fM parameters", model_settings(args), num_parameters / 1e6)
+    logger.info("Model: DiT %s, %.2fM parameters", architecture.model_settings(args), num_parameters / 1e6)
     optimizer = torch.optim.AdamW(
         transformer.parameters(),
         lr=args.learning_rate,
@@ -265,7 +256,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_training_steps=max_train_steps * num_processes,
     )
     ema = EMAModel(transformer.parameters(), decay=args.ema_decay, foreach=True) if args.use_ema else None
-    register_checkpoint_hooks(accelerator, transformer, ema)
+    checkpointing.register_checkpoint_hooks(accelerator, transformer, ema)
     if sampler is not None:
         model, optimizer, loader, lr_scheduler = accelerator.prepare(
             transformer, optimizer, loader, lr_scheduler
@@ -275,24 +266,24 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if ema is not None:
         ema.to(device)
     # ------------------------------------------------------------------ records, resume, what to look at
-    config = public_config(vars(args))
     if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "training_args.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    start_trackers(accelerator, args, config)
-    position = TrainingPosition()
+    tracking.start_trackers(accelerator, args, config)
+    position = checkpointing.TrainingPosition()
     if resume_from is not None:
         logger.info("Resuming from %s", resume_from)
-        position = load_checkpoint(accelerator, resume_from)
+        position = checkpointing.load_checkpoint(accelerator, resume_from)
     elif args.resume_from_checkpoint == "latest":
         logger.info("No checkpoint in %s; starting a new run.", output_dir)
-    evaluator = TrainingEvaluator.from_args(args, data, trains_on_digits(args), vae is not None, device)
+    evaluator = validation.TrainingEvaluator.from_args(args, data, on_digits, vae is not None, device)
     # Samples whatever weights the transformer holds.
-    pipeline = training_pipeline(transformer, args, vae, data.id2label)
-    stream = BatchStream(loader, sampler, batches_per_epoch, args.train_batch_size * num_processes, device)
-    batches = stream.iterate(position.epoch, position.batch_in_epoch)
+    pipeline = publish.training_pipeline(transformer, args, vae, data.id2label)
+    stream = batches.BatchStream(
+        loader, sampler, batches_per_epoch, args.train_batch_size * num_processes, device
+    )
+    batch_iterator = stream.iterate(position.epoch, position.batch_in_epoch)
     if args.overfit_one_batch:
-        batches = itertools.repeat(next(batches))
+        batch_iterator = itertools.repeat(next(batch_iterator))
     global_step, samples_seen, last_loss = position.global_step, position.samples_seen, float("nan")
     logger.info(
         "Training %d steps (%s per epoch), %d examples per step",
@@ -301,44 +292,45 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         args.train_batch_size * num_processes * accumulation,
     )
     # ------------------------------------------------------------------ the loop
-    throughput = Throughput(warmup_steps=min(5, max(0, max_train_steps - global_step - 1)))
+    throughput = runtime.Throughput(warmup_steps=min(5, max(0, max_train_steps - global_step - 1)))
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="Training", unit="step", disable=not is_main
     )
-    with MetricsLog(accelerator, output_dir, resume=resume_from is not None) as metrics, progress:
+    metrics = tracking.MetricsLog(accelerator, output_dir, resume=resume_from is not None)
+    with metrics, progress, runtime.StopRequest() as stop:
         while global_step < max_train_steps:
-            losses, step_samples = [], 0
+            losses, step_samples, stopping = [], 0, False
             for micro_step in range(accumulation):
                 # All randomness of a micro-step comes from its own generator: a resumed run replays it.
-                generator = step_generator(
+                generator = runtime.step_generator(
                     args.seed, global_step, micro_step, accelerator.process_index, device
                 )
-                batch = next(batches)
-                x0 = to_model_space(batch, generator, args.random_flip, args.dequantize, vae)
-                labels = drop_labels(
-                    batch["class_labels"].to(device),
-                    args.label_dropout,
-                    transformer.config.num_classes,
-                    generator,
+                batch = next(batch_iterator)
+                x0 = batches.to_model_space(batch, generator, args.random_flip, args.dequantize, vae)
+                labels = batch["class_labels"].to(device)
+                labels = objectives.drop_labels(
+                    labels, args.label_dropout, transformer.config.num_classes, generator
                 )
                 noisy, timesteps, noise, sigmas = objective.training_inputs(x0, generator)
                 # Gradients are averaged across processes once, on the last micro-batch.
                 last = micro_step == accumulation - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     loss = objective.loss(model(noisy, timesteps, labels).sample, x0, noise, sigmas, noisy)
-                    # One collective gives the mean loss over all processes and the examples they used.
+                    # One collective: the loss and examples of all processes, and whether any was asked to stop.
                     count = torch.tensor(float(x0.shape[0]), device=device)
-                    totals = accelerator.reduce(torch.stack([loss.detach().float() * count, count]), "sum")
-                    if not torch.isfinite(totals[0]).item():
-                        raise FloatingPointError(
-                            f"The loss is {(totals[0] / totals[1]).item()} at step {global_step + 1} (micro-batch "
-                            f"{micro_step + 1}); training stopped before updating the weights. Checkpoints already "
-                            f"in {output_dir} are intact: lower --learning_rate or --max_grad_norm and resume."
-                        )
+                    asked = torch.tensor(float(stop.requested), device=device)
+                    totals = accelerator.reduce(
+                        torch.stack([loss.detach().float() * count, count, asked]), "sum"
+                    )
+                    guards.check_finite_loss(totals[0] / totals[1], global_step, micro_step, output_dir)
                     accelerator.backward(loss / accumulation)
                 losses.append(totals[0] / totals[1])
                 step_samples += int(totals[1].item())
+                stopping = stopping or bool(totals[2].item())
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or float("inf"))
+            # fp16's loss scaler skips steps with overflowing gradients itself; otherwise they are an error.
+            if accelerator.mixed_precision != "fp16":
+                guards.check_finite_gradients(grad_norm, global_step, output_dir)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -365,31 +357,35 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     },
                 )
                 progress.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{speed:.0f}")
-            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                state = TrainingPosition(global_step, *stream.position(), samples_seen)
-                logger.info(
-                    "Saved %s",
-                    save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit),
+            if stopping or (args.checkpointing_steps and global_step % args.checkpointing_steps == 0):
+                guards.check_finite_weights(
+                    transformer, ema, global_step
+                )  # never a checkpoint of non-finite weights
+                state = checkpointing.TrainingPosition(global_step, *stream.position(), samples_seen)
+                saved = checkpointing.save_checkpoint(
+                    accelerator, output_dir, state, args.checkpoints_total_limit, config
                 )
+                logger.info("Saved %s", saved)
                 throughput.pause()
+            if stopping:
+                logger.warning(
+                    "Stopped at step %d (%s): resume with --resume_from_checkpoint latest.",
+                    global_step,
+                    stop.signal_name,
+                )
+                accelerator.end_training()
+                return {
+                    "global_step": global_step,
+                    "interrupted": stop.signal_name or "signal",
+                    "checkpoint": str(saved),
+                }
             if (
                 args.validation_steps
                 and global_step % args.validation_steps == 0
                 and global_step < max_train_steps
             ):
                 if is_main:
-                    with ema_weights(transformer, ema):
-                        grid = sample_grid(
-                            pipeline,
-                            grid_classes(args.validation_classes, data.id2label),
-                            args.validation_images_per_class,
-                            args.num_inference_steps,
-                            args.guidance_scale,
-                            args.seed,
-                        )
-                    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-                    grid.save(output_dir / "samples" / f"step-{global_step:07d}.png")
-                    log_images(accelerator, grid, global_step)
+                    validation.save_validation_grid(pipeline, ema, args, accelerator, global_step)
                 accelerator.wait_for_everyone()
                 throughput.pause()
             if evaluator is not None and global_step % args.eval_steps == 0:
@@ -398,42 +394,42 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                         metrics.log(global_step, evaluator(pipeline, global_step))
                 accelerator.wait_for_everyone()
                 throughput.pause()
-    # ------------------------------------------------------------------ the result
-    accelerator.wait_for_everyone()
-    digests = gather_digests(accelerator, transformer)
-    summary: dict[str, Any] = {
+    # ------------------------------------------------------------------ the result: EMA weights, grid, card, push
+    summary = {
         "global_step": global_step,
         "num_processes": num_processes,
         "samples_seen": samples_seen,
         "final_loss": last_loss,
         "train_samples_per_second": throughput.samples_per_second,
-        "weights_digest_per_process": digests,
         "num_parameters": num_parameters,
     }
-    if is_main:
-        if len(set(digests)) > 1:
-            logger.warning("Processes ended with different weights: %s", digests)
-        if ema is not None:
-            ema.copy_to(transformer.parameters())
-        transformer.eval()
-        dataset_name = data.description if trains_on_digits(args) else (args.dataset_name or data.description)
-        card_config = {**config, "num_parameters": num_parameters}
-        summary.update(
-            save_result(
-                pipeline,
-                args,
-                accelerator,
-                global_step,
-                card_config,
-                dataset_name,
-                trains_on_digits(args),
-            )
-        )
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+    dataset_name = data.description if on_digits else (args.dataset_name or data.description)
+    card_config = {**config, "num_parameters": num_parameters}
+    return publish.finish_run(accelerator, args, pipeline, ema, summary, card_config, dataset_name, on_digits)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The command: :func:`main`, with a user error as one line on stderr and the exit status saying how it ended.
+
+    Args:
+        argv: Arguments without the program name (``sys.argv[1:]`` when None).
+
+    Returns:
+        0 when done, 2 for bad input, 1 when training failed (non-finite values) or the Hub upload did,
+        128 + the signal's number when stopped by SIGINT / SIGTERM (after saving a checkpoint).
+    """
+    try:
+        summary = main(parse_args(argv))
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1 if isinstance(error, FloatingPointError) else 2
+    except KeyboardInterrupt:
+        print("error: interrupted before training started; nothing was saved.", file=sys.stderr)
+        return 128 + signal.SIGINT
+    if "interrupted" in summary:
+        return 128 + signal.Signals[summary["interrupted"]].value
+    return 1 if "hub_error" in summary else 0
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(cli())

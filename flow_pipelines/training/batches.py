@@ -75,6 +75,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         help="Resize filter.",
     )
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="Data-loading worker processes.")
+    data.add_argument(
+        "--check_images",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Decode every image once before training, so that a corrupt file stops the run at the start.",
+    )
     latent = parser.add_argument_group("latent training")
     latent.add_argument(
         "--vae", default=None, help="AutoencoderKL folder or repo id: train in its latent space."
@@ -163,7 +169,7 @@ def load_training_data(
     if vae is None or data.num_examples is None:
         return data, data.dataset, vae
     with accelerator.main_process_first():
-        dataset, cache = cached_latent_dataset(
+        dataset, cache, reused = cached_latent_dataset(
             vae,
             args.vae + (f"/{args.vae_subfolder}" if args.vae_subfolder else ""),
             data,
@@ -175,7 +181,8 @@ def load_training_data(
             args.dataloader_num_workers,
             disable_progress=not is_main,
         )
-    logger.info("Latents cached on disk at %s (%d examples)", cache, len(dataset))
+    action = "read from the cache" if reused else "encoded and cached"
+    logger.info("Latents of %d examples %s at %s", len(dataset), action, cache)
     return data, dataset, vae
 
 

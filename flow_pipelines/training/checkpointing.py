@@ -22,6 +22,21 @@ from .ema import load_ema, save_ema
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_NAME = "training_state.json"
+RUN_FLAGS_NAME = "training_args.json"
+RESUMABLE_FLAGS: frozenset[str] = frozenset(
+    {
+        # Where and how the run is kept, looked at and published: none of it changes the trajectory.
+        "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "checkpointing_steps",
+        "checkpoints_total_limit", "cpu_threads", "dataloader_num_workers", "cache_dir", "cache_images",
+        "check_images", "vae_batch_size", "report_to", "logging_dir", "tracker_project_name", "logging_steps",
+        "validation_steps", "validation_images_per_class", "validation_classes", "num_inference_steps",
+        "guidance_scale", "sampling_shift", "eval_steps", "eval_num_samples", "eval_metric", "eval_extractor",
+        "evaluation_samples_per_class", "push_to_hub", "hub_model_id", "hub_private_repo",
+        # A run may be extended: the LR schedule is rebuilt for the new length from the step reached.
+        "max_train_steps", "num_train_epochs",
+    }
+)  # fmt: skip
+"""Flags a resumed run may change; every other one must keep the value the run was started with."""
 _CHECKPOINT_PATTERN = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 
 
@@ -173,11 +188,44 @@ def load_checkpoint(accelerator: Any, checkpoint: str | os.PathLike) -> Training
     return read_training_state(checkpoint)
 
 
+def check_resume_flags(checkpoint: str | os.PathLike, config: dict[str, Any]) -> None:
+    """Refuse flags that a resumed run cannot honour: those of the data, model, objective and optimisation.
+
+    A resumed run continues with the checkpoint's weights, optimizer and schedule, so a new learning rate, batch
+    size, ... would be silently ignored (or change the run halfway). The checkpoint's ``training_args.json``
+    says what the run used; only the flags of :data:`RESUMABLE_FLAGS` may differ.
+
+    Args:
+        checkpoint: The checkpoint resumed from.
+        config: This run's flags.
+
+    Raises:
+        ValueError: Listing every flag whose value differs from the run's, with both values.
+    """
+    path = Path(checkpoint) / RUN_FLAGS_NAME
+    if not path.is_file():
+        return  # a checkpoint written before the flags were stored with it
+    with open(path, encoding="utf-8") as handle:
+        recorded = json.load(handle)
+    changed = [
+        f"--{name} was {recorded[name]!r}, now {value!r}"
+        for name, value in sorted(config.items())
+        if name in recorded and name not in RESUMABLE_FLAGS and recorded[name] != value
+    ]
+    if changed:
+        raise ValueError(
+            f"Resuming from {Path(checkpoint).name} continues a run whose flags differ: {'; '.join(changed)}. A resumed "
+            "run keeps its optimizer, schedule and data order; resume with the run's values, or start a new run in "
+            "another --output_dir."
+        )
+
+
 def save_checkpoint(
     accelerator: Any,
     output_dir: str | os.PathLike,
     position: TrainingPosition,
     total_limit: int | None = None,
+    run_flags: dict[str, Any] | None = None,
 ) -> Path:
     """Save the accelerator state as ``output_dir/checkpoint-<global_step>``, atomically, on all processes.
 
@@ -190,6 +238,7 @@ def save_checkpoint(
         output_dir: The training output folder.
         position: Where the run stands (its ``global_step`` names the folder).
         total_limit: Keep at most this many checkpoints (None keeps all).
+        run_flags: The run's public flags, stored beside (see :func:`check_resume_flags`).
 
     Returns:
         The checkpoint folder.
@@ -205,6 +254,8 @@ def save_checkpoint(
             accelerator.save_state(str(staging))
             with open(staging / TRAINING_STATE_NAME, "w", encoding="utf-8") as handle:
                 json.dump(asdict(position), handle, indent=2)
+            if run_flags is not None:
+                (staging / RUN_FLAGS_NAME).write_text(json.dumps(run_flags, indent=2), encoding="utf-8")
             # The other processes' random states must be on disk before the rename publishes the folder.
             accelerator.wait_for_everyone()
         if total_limit is not None:

@@ -10,6 +10,10 @@ throttles a fast model. Images are decoded by this package (:func:`flow_pipeline
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,6 +32,10 @@ from ..data_sources import (
 from ..images import ImageTransform, decode_image, image_channels
 
 CACHE_MODES: tuple[str, ...] = ("auto", "yes", "no")
+
+# Images looked at to decide the channel count of a dataset.
+CHANNEL_PROBES = 64
+logger = logging.getLogger("train_flow")
 
 # Decoded uint8 images up to this size are held in memory when caching is "auto".
 DEFAULT_MAX_CACHE_BYTES = 2 * 1024**3
@@ -209,6 +217,7 @@ class DataConfig:
         dataloader_num_workers: Workers for decoding.
         max_cache_bytes: Largest in-memory cache for ``"auto"``.
         shuffle_buffer_size: Shuffle buffer of a streamed dataset.
+        check_images: Decode every image of a map-style set once before training (a cache does anyway).
     """
 
     dataset_name: str | None = None
@@ -228,6 +237,7 @@ class DataConfig:
     dataloader_num_workers: int = 0
     max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES
     shuffle_buffer_size: int = 1000
+    check_images: bool = True
 
 
 @dataclass
@@ -275,17 +285,108 @@ def describe_source(config: DataConfig) -> str:
     return config.dataset_name
 
 
-def _first_image(dataset: Any, image_column: str) -> Image.Image:
-    """Decode the dataset's first image (to learn its channel count)."""
+def data_fingerprint(data: TrainingData) -> str:
+    """A fingerprint of the images themselves: a hash of the decoded pixels when they are held in memory, else the
+    ``datasets`` fingerprint of the source (which follows its files and transforms).
+
+    Args:
+        data: The prepared training data.
+
+    Returns:
+        A hex digest or the source's fingerprint.
+    """
+    if isinstance(data.dataset, CachedImageDataset):
+        digest = hashlib.sha256(data.dataset.pixels.numpy().tobytes())
+        digest.update(data.dataset.class_labels.numpy().tobytes())
+        return digest.hexdigest()
+    return str(getattr(data.source, "_fingerprint", None) or data.description)
+
+
+def data_channels(dataset: Any, image_column: str, probes: int = CHANNEL_PROBES) -> int:
+    """The channel count of a dataset's images, from images spread over the whole set (the first of a stream).
+
+    A colour set whose first image happens to be grey must still train in colour: the largest count seen wins,
+    and a mixed set is reported.
+
+    Args:
+        dataset: A ``datasets`` dataset whose image column is still encoded.
+        image_column: Its image column.
+        probes: How many images to look at.
+
+    Returns:
+        1, 3 or 4.
+
+    Raises:
+        ValueError: If the dataset is empty, or none of the images looked at can be read.
+    """
     import datasets
 
     if isinstance(dataset, datasets.IterableDataset):
-        row = next(iter(dataset))
+        rows = [(f"streamed example {i}", row) for i, row in enumerate(itertools.islice(dataset, probes))]
     else:
-        if len(dataset) == 0:
-            raise ValueError("The training dataset is empty.")
-        row = dataset[0]
-    return decode_image(row[image_column], "row 0")
+        positions = sorted({round(i * (len(dataset) - 1) / max(1, probes - 1)) for i in range(probes)})
+        rows = [(f"row {i}", dataset[i]) for i in positions if len(dataset)]
+    if not rows:
+        raise ValueError("The training dataset is empty.")
+    counts: Counter[int] = Counter()
+    problem = None
+    for where, row in rows:
+        try:
+            counts[image_channels(decode_image(row[image_column], where))] += 1
+        except ValueError as error:  # reported with the others by the image check, or when reached
+            problem = error
+    if not counts:
+        raise problem
+    if len(counts) > 1:
+        logger.warning(
+            "The images have different channel counts (%s among %d looked at); training with %d channels. Pass "
+            "--num_channels to choose.",
+            ", ".join(f"{count} with {channels}" for channels, count in sorted(counts.items())),
+            sum(counts.values()),
+            max(counts),
+        )
+    return max(counts)
+
+
+def check_images(
+    dataset: TransformedImageDataset, num_workers: int = 0, disable_progress: bool = False
+) -> None:
+    """Decode every image once before training, so that a corrupt or truncated file stops the run at the start.
+
+    Args:
+        dataset: The per-item dataset.
+        num_workers: Decoding workers.
+        disable_progress: Hide the progress bar.
+
+    Raises:
+        ValueError: Naming the unreadable files (up to five) and how many there are.
+    """
+    from tqdm.auto import tqdm
+
+    def decode(index: int) -> str | None:
+        try:
+            dataset[index]
+        except ValueError as error:
+            return str(error)
+        return None
+
+    loader = torch.utils.data.DataLoader(
+        range(len(dataset)),
+        batch_size=64,
+        num_workers=num_workers,
+        collate_fn=lambda batch: [decode(i) for i in batch],
+    )
+    problems = [
+        problem
+        for batch in tqdm(loader, desc="Checking images", unit="batch", disable=disable_progress)
+        for problem in batch
+        if problem is not None
+    ]
+    if problems:
+        raise ValueError(
+            f"{len(problems)} training image(s) cannot be read; remove or repair them, or pass --no-check_images to "
+            f"find them only when reached: {'; '.join(problems[:5])}"
+        )
 
 
 def build_image_cache(
@@ -377,7 +478,7 @@ def prepare_training_data(
         raw = source
         if not config.streaming and isinstance(source.features.get(image_column), datasets.Image):
             raw = source.cast_column(image_column, datasets.Image(decode=False))
-        num_channels = image_channels(_first_image(raw, image_column))
+        num_channels = data_channels(raw, image_column)
     transform = ImageTransform(config.resolution, num_channels, config.center_crop, config.interpolation)
     description = describe_source(config)
 
@@ -398,6 +499,8 @@ def prepare_training_data(
         config.cache_images == "auto" and cache_bytes <= config.max_cache_bytes
     )
     dataset: torch.utils.data.Dataset = per_item
+    if config.check_images and not use_cache:  # a cache decodes every image anyway
+        check_images(per_item, config.dataloader_num_workers, disable_progress)
     cached = False
     if use_cache:
         cache = build_image_cache(per_item, config.dataloader_num_workers, disable_progress)

@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..images import pixels_to_model_range
-from .data import TrainingData, collate_examples
+from .data import TrainingData, collate_examples, data_fingerprint
+from .runtime import weights_digest
 
 LATENT_CACHE_FOLDER = "latent_cache"
 
@@ -101,12 +102,15 @@ def normalize_latents(latents: torch.Tensor, scaling_factor: float, shift_factor
 
 
 def cache_key(vae_name: str, vae: Any, data: TrainingData, resolution: int, flip: bool, extra: dict) -> str:
-    """A short hash of everything the cached latents depend on.
+    """A short hash of everything the cached latents depend on, contents included.
+
+    The VAE's weights and the images themselves are hashed, not only their names: retrained weights or changed
+    images at the same path get new latents.
 
     Args:
         vae_name: Path or repo id of the VAE.
-        vae: The VAE (its config is hashed too).
-        data: The training data (source description, size, channels).
+        vae: The VAE (its config and weights are hashed).
+        data: The training data (its content fingerprint, size, channels).
         resolution: Image resolution.
         flip: Whether mirror images are encoded too.
         extra: Further settings (crop, interpolation, ...).
@@ -117,7 +121,9 @@ def cache_key(vae_name: str, vae: Any, data: TrainingData, resolution: int, flip
     description = {
         "vae": vae_name,
         "vae_config": {k: v for k, v in dict(vae.config).items() if not k.startswith("_")},
+        "vae_weights": weights_digest(vae),
         "data": data.description,
+        "data_content": data_fingerprint(data),
         "num_examples": data.num_examples,
         "num_channels": data.num_channels,
         "resolution": resolution,
@@ -297,7 +303,7 @@ def cached_latent_dataset(
     batch_size: int,
     num_workers: int,
     disable_progress: bool,
-) -> tuple[LatentDataset, Path]:
+) -> tuple[LatentDataset, Path, bool]:
     """The latents of the training data, from the cache in ``output_dir/latent_cache`` or encoded once into it.
 
     Args:
@@ -313,9 +319,10 @@ def cached_latent_dataset(
         disable_progress: Hide the progress bar.
 
     Returns:
-        ``(dataset, cache file)``.
+        ``(dataset, cache file, whether it was read from the cache rather than encoded now)``.
     """
     key = cache_key(vae_name, vae, data, resolution, flip, settings)
     cache_path = Path(output_dir) / LATENT_CACHE_FOLDER / f"{key}.safetensors"
+    reused = cache_path.is_file()
     dataset = build_latent_dataset(vae, data, cache_path, flip, batch_size, num_workers, disable_progress)
-    return dataset, cache_path
+    return dataset, cache_path, reused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -10,9 +11,11 @@ from typing import Any
 
 from ..evaluation.digits import evaluate_digit_pipeline
 from ..file_utils import atomic_directory
-from ..hub import push_pipeline_to_hub, write_model_card
+from ..hub import check_push_access, push_pipeline_to_hub, write_model_card
 from ..pipelines import FlowPipeline
 from ..schedulers import FlowEulerScheduler
+from .guards import check_finite_weights
+from .runtime import gather_digests
 from .tracking import log_images
 from .validation import grid_classes, sample_grid
 
@@ -90,6 +93,92 @@ def training_pipeline(
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def check_hub_before_training(args: argparse.Namespace, accelerator: Any) -> None:
+    """With ``--push_to_hub``, make sure the upload can succeed before the first step (every process fails alike).
+
+    Args:
+        args: The parsed flags.
+        accelerator: The run's accelerator.
+
+    Raises:
+        ValueError: If the Hub cannot be reached or the repository cannot be created (see `check_push_access`).
+    """
+    from accelerate.utils import broadcast_object_list
+
+    if not args.push_to_hub:
+        return
+    problem = [None]
+    if accelerator.is_main_process:
+        try:
+            check_push_access(hub_repo_id(args), token=args.hub_token, private=args.hub_private_repo)
+        except ValueError as error:
+            problem = [str(error)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(problem)
+    if problem[0] is not None:
+        raise ValueError(problem[0])
+
+
+def hub_repo_id(args: argparse.Namespace) -> str:
+    """The repository of ``--push_to_hub``: ``--hub_model_id``, else the output folder's name.
+
+    Args:
+        args: The parsed flags.
+
+    Returns:
+        The repo id.
+    """
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
+def finish_run(
+    accelerator: Any,
+    args: argparse.Namespace,
+    pipeline: FlowPipeline,
+    ema: Any | None,
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    dataset_name: str,
+    on_digits: bool,
+) -> dict[str, Any]:
+    """Save the result with the final (EMA) weights and write ``train_summary.json``; every process calls it.
+
+    Args:
+        accelerator: The run's accelerator.
+        args: The parsed flags.
+        pipeline: The pipeline around the trained transformer.
+        ema: The ``EMAModel``, or None.
+        summary: The run's figures so far (steps, samples, loss, throughput, ...).
+        config: The run's public settings (for the model card).
+        dataset_name: What the card names as the training data.
+        on_digits: Whether the run trained on the digits.
+
+    Returns:
+        The summary, with each process's weight digest and, on the main process, the saved result.
+
+    Raises:
+        FloatingPointError: If the final weights are not finite (nothing is saved).
+    """
+    transformer = pipeline.transformer
+    accelerator.wait_for_everyone()
+    check_finite_weights(transformer, ema, summary["global_step"])
+    summary["weights_digest_per_process"] = digests = gather_digests(accelerator, transformer)
+    if accelerator.is_main_process:
+        if len(set(digests)) > 1:
+            logger.warning("Processes ended with different weights: %s", digests)
+        if ema is not None:
+            ema.copy_to(transformer.parameters())
+        transformer.eval()
+        summary.update(
+            save_result(pipeline, args, accelerator, summary["global_step"], config, dataset_name, on_digits)
+        )
+        summary_path = Path(args.output_dir) / "train_summary.json"
+        summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
 
 
 def save_result(
@@ -171,9 +260,20 @@ def save_result(
             100 * evaluation["classifier_roundtrip_accuracy"],
         )
     if args.push_to_hub:
-        repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
-        result["hub_url"] = push_pipeline_to_hub(
-            pipeline_dir, repo_id, token=args.hub_token, private=args.hub_private_repo
-        )
-        logger.info("Pushed %s to %s", pipeline_dir, result["hub_url"])
+        repo_id = hub_repo_id(args)
+        try:
+            result["hub_url"] = push_pipeline_to_hub(
+                pipeline_dir, repo_id, token=args.hub_token, private=args.hub_private_repo
+            )
+            logger.info("Pushed %s to %s", pipeline_dir, result["hub_url"])
+        except Exception as error:  # the local result is complete; the upload can be repeated on its own
+            result["hub_error"] = f"{type(error).__name__}: {error}"
+            logger.error(
+                "The upload to %s failed (%s); everything is saved in %s. Push it later with: hf upload %s %s",
+                repo_id,
+                result["hub_error"],
+                pipeline_dir,
+                repo_id,
+                pipeline_dir,
+            )
     return result

@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -209,3 +211,59 @@ class Throughput:
     def samples_per_second(self) -> float | None:
         """The timed throughput (None until a step past the warm-up has been timed)."""
         return self.samples / self.seconds if self.seconds > 0 else None
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM become a request to stop after the current step; a second signal stops at once.
+
+    The loop reads :attr:`requested` once per step (all processes agree through the step's all-reduce), saves a
+    resumable checkpoint and returns. Use as a context manager around the loop: the previous handlers come back
+    after it. Outside the main thread, where Python cannot install handlers, it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked for."""
+        return self.signal_name is not None
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(number).name
+        # The next signal is not caught: a second Ctrl-C interrupts whatever runs (saves are atomic).
+        for handled, previous in self._previous.items():
+            signal.signal(handled, previous)
+        logger.warning(
+            "%s received: stopping after this step with a checkpoint (again to stop now).", self.signal_name
+        )
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous.clear()
+
+
+SECRET_FLAGS: tuple[str, ...] = ("--hub_token",)
+
+
+def redact_argv(argv: list[str], flags: tuple[str, ...] = SECRET_FLAGS) -> None:
+    """Replace the values of secret flags in ``argv`` in place, before anything (wandb, a log) records it.
+
+    Args:
+        argv: The command line, usually ``sys.argv``.
+        flags: Flags whose values are secret (``--flag value`` and ``--flag=value`` forms).
+    """
+    for index, item in enumerate(argv):
+        for flag in flags:
+            if item == flag and index + 1 < len(argv):
+                argv[index + 1] = "***"
+            elif item.startswith(flag + "="):
+                argv[index] = f"{flag}=***"

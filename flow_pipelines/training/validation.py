@@ -142,6 +142,37 @@ def sample_grid(
     return make_labelled_grid(rows, [names.get(c, str(c)) for c in classes])
 
 
+def save_validation_grid(
+    pipeline: Any, ema: Any | None, args: argparse.Namespace, accelerator: Any, step: int
+) -> None:
+    """Sample a grid with the EMA weights, save it as ``samples/step-<step>.png`` and send it to the trackers.
+
+    Args:
+        pipeline: The pipeline around the trained transformer.
+        ema: The ``EMAModel``, or None.
+        args: The parsed flags (grid classes, images per class, steps, guidance, seed, output folder).
+        accelerator: The run's accelerator (its trackers get the grid).
+        step: The optimizer step.
+    """
+    from .ema import ema_weights
+    from .tracking import log_images
+
+    classes = grid_classes(args.validation_classes, pipeline.id2label)
+    with ema_weights(pipeline.transformer, ema):
+        grid = sample_grid(
+            pipeline,
+            classes,
+            args.validation_images_per_class,
+            args.num_inference_steps,
+            args.guidance_scale,
+            args.seed,
+        )
+    folder = Path(args.output_dir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    grid.save(folder / f"step-{step:07d}.png")
+    log_images(accelerator, grid, step)
+
+
 class TrainingEvaluator:
     """The metric of ``--eval_steps``, with what it needs (a classifier, or a feature extractor and the reference
     statistics) loaded once, before training starts.
