@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..file_utils import atomic_directory
+from ..file_utils import atomic_update, is_weights_file
 from ..guidance import GuidedVelocity, check_guidance_interval, check_guidance_scale, check_transformer
 from ..models import DiTModel
 from ..paths import PREDICTION_TYPES, STRAIGHT_PATH, AffinePath, check_prediction_type
@@ -462,14 +462,19 @@ class FlowPipeline(DiffusionPipeline):
         push_to_hub: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Save the pipeline to a folder atomically: it is written aside and renamed into place.
+        """Save the pipeline into a folder, replacing only what it writes, each part atomically.
 
-        A failure part-way leaves an existing folder at ``save_directory`` untouched. The folder's
-        ``model_index.json`` names ``flow_pipelines`` as the library of this package's components, and
-        ``id2label`` is kept in it.
+        The pipeline is first written completely aside (a hidden folder inside ``save_directory``); nothing in
+        ``save_directory`` changes if that fails. Then each component folder it owns (``transformer/``,
+        ``scheduler/``, ``vae/``) replaces the previous one as a whole, and ``model_index.json`` is replaced
+        last, by a rename: no half-written file or component is ever visible, and a failure part-way leaves
+        every file in place complete. Files of the user's are kept, beside the components and inside them;
+        only weight files of an earlier save of the same variant (stale shards) are dropped with their
+        component. The folder's ``model_index.json`` names ``flow_pipelines`` as the library of this package's
+        components, and ``id2label`` is kept in it.
 
         Args:
-            save_directory: The folder to create or replace.
+            save_directory: The folder to create or update (``"."`` works).
             safe_serialization: Must be True: weights are written as safetensors only.
             variant: Weight file variant, e.g. ``"fp16"`` (``diffusion_pytorch_model.fp16.safetensors``).
             max_shard_size: Largest weight file before sharding (diffusers' default if None).
@@ -478,15 +483,25 @@ class FlowPipeline(DiffusionPipeline):
                 ``private``, ``commit_message``; anything else goes to ``DiffusionPipeline.save_pretrained``.
 
         Raises:
-            ValueError: If ``safe_serialization`` is False.
+            ValueError: If ``safe_serialization`` is False, ``save_directory`` is a file, or one of the names the
+                pipeline writes (a component folder, ``model_index.json``) is taken there by an entry of the
+                other kind.
         """
         if not safe_serialization:
             raise ValueError(
                 "safe_serialization=False is not supported: weights are saved as safetensors only."
             )
+        save_directory = Path(save_directory)
+        if save_directory.exists() and not save_directory.is_dir():
+            raise ValueError(f"save_directory={str(save_directory)!r} is a file; a folder is needed.")
         hub_options = {k: kwargs.pop(k) for k in ("token", "private", "commit_message") if k in kwargs}
         repo_id = kwargs.pop("repo_id", None)
-        with atomic_directory(save_directory) as staging:
+
+        def stale_weights(path: PurePosixPath) -> bool:
+            # Weight files inside a component folder, of the variant being written; never top-level files.
+            return len(path.parts) == 2 and is_weights_file(path, variant)
+
+        with atomic_update(save_directory, superseded=stale_weights) as staging:
             super().save_pretrained(
                 staging,
                 safe_serialization=True,
@@ -498,7 +513,7 @@ class FlowPipeline(DiffusionPipeline):
         if push_to_hub:
             from ..hub import push_pipeline_to_hub
 
-            push_pipeline_to_hub(save_directory, repo_id or Path(save_directory).name, **hub_options)
+            push_pipeline_to_hub(save_directory, repo_id or save_directory.resolve().name, **hub_options)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> FlowPipeline:
