@@ -69,6 +69,20 @@ def test_model_card_rejects_a_missing_grid(pipeline_dir):
         write_model_card(pipeline_dir, training_config={}, dataset_name="digits", sample_grid="nope.png")
 
 
+def test_a_failed_card_write_keeps_the_previous_card(pipeline_dir, monkeypatch):
+    card = pipeline_dir / "README.md"
+    card.write_text("the previous card")
+
+    def fail(self):
+        raise RuntimeError("template error")
+
+    monkeypatch.setattr(huggingface_hub.ModelCard, "__str__", fail)
+    with pytest.raises(RuntimeError, match="template error"):
+        write_model_card(pipeline_dir, training_config={}, dataset_name="digits")
+    assert card.read_text() == "the previous card"
+    assert not [p.name for p in pipeline_dir.iterdir() if p.name.startswith(".")]
+
+
 def test_public_config_drops_credentials():
     assert public_config({"hub_token": "t", "api_secret": "s", "lr": 1}) == {"lr": 1}
 
