@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,6 +27,10 @@ from .saved_folder import check_saved_pipeline
 
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
 
+MAX_GUIDANCE_SCALE: float = 1000.0
+"""The largest guidance scale a call accepts. Useful scales lie around 1-20; far beyond, ``s * (cond - uncond)``
+only amplifies the difference of two predictions until the latents overflow to inf / NaN (1e30 does)."""
+
 # Defaults of diffusers' FLUX-style resolution-dependent shift, used when a scheduler with
 # `use_dynamic_shifting=True` does not carry them in its config.
 _DYNAMIC_SHIFT_DEFAULTS: dict[str, float] = {
@@ -33,6 +39,44 @@ _DYNAMIC_SHIFT_DEFAULTS: dict[str, float] = {
     "base_shift": 0.5,
     "max_shift": 1.15,
 }
+
+
+def check_sampling_guidance_scale(guidance_scale: float) -> float:
+    """Validate the guidance scale of a sampling call: a finite number in ``[0, MAX_GUIDANCE_SCALE]``.
+
+    Args:
+        guidance_scale: ``s`` in ``uncond + s * (cond - uncond)``.
+
+    Returns:
+        The scale as a float.
+
+    Raises:
+        ValueError: If it is not a finite number, is negative, or exceeds :data:`MAX_GUIDANCE_SCALE`.
+    """
+    scale = check_guidance_scale(guidance_scale)
+    if scale > MAX_GUIDANCE_SCALE:
+        raise ValueError(
+            f"guidance_scale={guidance_scale!r} is too large; allowed: a finite number in [0, {MAX_GUIDANCE_SCALE:g}] "
+            "(1 disables guidance, useful scales are about 1-20): larger scales only drive the latents to inf / NaN."
+        )
+    return scale
+
+
+def _check_finite_numbers(name: str, values: Any, low: float = -math.inf, high: float = math.inf) -> None:
+    """Require a number or a sequence / array / tensor of numbers to be finite and within ``[low, high]``."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={values!r} must be numbers.") from None
+    if not np.isfinite(array).all() or (array < low).any() or (array > high).any():
+        allowed = (
+            "finite numbers"
+            if math.isinf(low) and math.isinf(high)
+            else f"finite numbers in [{low:g}, {high:g}]"
+        )
+        raise ValueError(f"{name}={values!r} is not allowed; allowed: {allowed}.")
 
 
 def _accepted_parameters(function: Callable) -> set[str]:
@@ -127,7 +171,7 @@ class FlowPipeline(DiffusionPipeline):
 
     @guidance_scale.setter
     def guidance_scale(self, value: float) -> None:
-        self._guidance_scale = check_guidance_scale(value)
+        self._guidance_scale = check_sampling_guidance_scale(value)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -236,8 +280,12 @@ class FlowPipeline(DiffusionPipeline):
             or num_inference_steps < 1
         ):
             raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer >= 1.")
-        check_guidance_scale(guidance_scale)
+        check_sampling_guidance_scale(guidance_scale)
         check_guidance_interval(guidance_interval)
+        if sigmas is not None:
+            _check_finite_numbers("sigmas", sigmas, 0.0, 1.0)
+        if mu is not None:
+            _check_finite_numbers("mu", mu)
         batch_size = len(class_ids)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
@@ -251,6 +299,13 @@ class FlowPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"latents has shape {shape}; expected {expected} (one per class label, "
                     f"{expected[1]} channels, {expected[2]}x{expected[3]})."
+                )
+            if not latents.is_floating_point():
+                raise ValueError(f"latents has dtype {latents.dtype}; allowed: a floating-point tensor.")
+            non_finite = int((~torch.isfinite(latents)).sum())
+            if non_finite:
+                raise ValueError(
+                    f"latents has {non_finite} NaN or infinite value(s); allowed: finite values (Gaussian noise)."
                 )
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
@@ -295,6 +350,20 @@ class FlowPipeline(DiffusionPipeline):
             config["max_image_seq_len"] - config["base_image_seq_len"]
         )
         return tokens * slope + config["base_shift"] - slope * config["base_image_seq_len"]
+
+    @staticmethod
+    def _warn_if_not_finite(latents: torch.Tensor) -> None:
+        """Say which samples ended as NaN / inf, rather than return them as images without a word."""
+        bad = (~torch.isfinite(latents)).flatten(1).any(dim=1)
+        if bool(bad.any()):
+            indices = bad.nonzero().flatten().tolist()
+            warnings.warn(
+                f"{len(indices)} of {len(bad)} samples are not finite (NaN / inf) after sampling: index "
+                f"{', '.join(map(str, indices[:10]))}{' ...' if len(indices) > 10 else ''}. Latents or a guidance "
+                "scale changed by a step callback, or a transformer run in too low a precision, make this happen.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _decode(self, latents: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list:
         if output_type == "latent":
@@ -360,8 +429,9 @@ class FlowPipeline(DiffusionPipeline):
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` if ``return_dict`` is False.
 
         Raises:
-            ValueError: Before any work, for an unknown class name, a label out of range, a negative
-                guidance scale, fewer than one step, latents of the wrong shape, a non-flow scheduler, a scheduler
+            ValueError: Before any work, for an unknown class name, a label out of range, a guidance scale that
+                is negative, not finite or above `MAX_GUIDANCE_SCALE`, fewer than one step, latents of the wrong
+                shape or with NaN / inf values, sigmas outside [0, 1] or a non-finite mu, a non-flow scheduler, a scheduler
                 whose prediction type is singular on its own grid (epsilon at sigma = 1), or a transformer path
                 whose ``a + b`` vanishes at a noise level of the sampling grid.
         """
@@ -446,6 +516,7 @@ class FlowPipeline(DiffusionPipeline):
                     latents = callback_outputs.pop("latents", latents).to(device=device, dtype=work_dtype)
                 progress_bar.update()
 
+        self._warn_if_not_finite(latents)
         images = self._decode(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
