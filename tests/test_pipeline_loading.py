@@ -21,6 +21,8 @@ from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tupl
 
 from flow_pipelines import FlowEulerScheduler, FlowPipeline
 
+from .cli_support import truncate
+
 
 def sample(pipe: FlowPipeline, labels=(1, 2), steps: int = 3) -> torch.Tensor:
     config = pipe.transformer.config
@@ -236,6 +238,38 @@ def test_missing_files_are_named(make_flow_pipeline, tmp_path):
     (folder / "model_index.json").unlink()
     with pytest.raises(ValueError, match=r"is not a saved pipeline: .*model_index\.json is missing"):
         FlowPipeline.from_pretrained(folder)
+
+
+def test_truncated_weights_and_broken_json_are_named(make_flow_pipeline, tmp_path):
+    folder = tmp_path / "pipe"
+    make_flow_pipeline().save_pretrained(folder)
+    pristine = tree_digest(folder)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    truncate(weights)
+    with pytest.raises(
+        ValueError, match=r"diffusion_pytorch_model\.safetensors is not a readable safetensors file"
+    ):
+        FlowPipeline.from_pretrained(folder)
+
+    for relative, role in [
+        ("model_index.json", "the pipeline's component list"),
+        ("transformer/config.json", "the transformer configuration"),
+        ("scheduler/scheduler_config.json", "the scheduler configuration"),
+    ]:
+        make_flow_pipeline().save_pretrained(folder)
+        assert tree_digest(folder) == pristine
+        (folder / relative).write_text('{"_class_name": "FlowPipeline",')  # cut off mid-write
+        message = (
+            rf"{relative} \({role}\) is not valid JSON: Expecting property name enclosed in double quotes"
+        )
+        with pytest.raises(ValueError, match=message):
+            FlowPipeline.from_pretrained(folder)
+
+    sharded = tmp_path / "sharded"
+    make_flow_pipeline().save_pretrained(sharded, max_shard_size="20KB")
+    truncate(sharded / "transformer" / "diffusion_pytorch_model-00002-of-00009.safetensors")
+    with pytest.raises(ValueError, match=r"00002-of-00009\.safetensors is not a readable safetensors file"):
+        FlowPipeline.from_pretrained(sharded)
 
 
 def test_pickle_weights_are_never_written_or_read(make_flow_pipeline, tmp_path):

@@ -121,6 +121,16 @@ class CheckpointReadError(ValueError, pickle.UnpicklingError):
     """
 
 
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler objected to, without its paragraphs of advice."""
+    message = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in message:
+        message = message.split(marker, 1)[1].split("Check the documentation", 1)[0]
+        message = message.split(" Please use `torch.serialization", 1)[0]
+    return " ".join(message.split()) or type(error).__name__
+
+
 def _one_line(error: BaseException) -> str:
     """The first line of an error's message (torch's messages run to paragraphs)."""
     lines = str(error).strip().splitlines()
@@ -189,13 +199,14 @@ def load_original_checkpoint(
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only load failed" in str(error).lower():
+        reason = _unpickler_reason(error)
+        if "Unsupported global" in reason:
             raise CheckpointReadError(
                 f"checkpoint {label} holds objects other than tensors and training args, which are not loaded "
-                f"because unpickling them could run code ({_one_line(error)})."
+                f"because unpickling them could run code ({reason})."
             ) from None
         raise CheckpointReadError(
-            f"checkpoint {label} is not a readable PyTorch checkpoint (corrupt: {_one_line(error)})."
+            f"checkpoint {label} is not a readable PyTorch checkpoint (corrupt, or not a checkpoint: {reason})."
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointReadError(
@@ -429,6 +440,13 @@ def training_convention(source: str, settings: Mapping[str, Any] | None) -> dict
             "null class in the label table's last row.",
             source,
             meaning,
+        )
+    if source == "sit" and convention["prediction_type"] == "epsilon" and convention["path"] != "vp":
+        # SiT itself samples noise models from t = sample_eps = 1e-3: at pure noise the data coefficient is 0.
+        logger.info(
+            "A noise prediction says nothing about the data at pure noise (sigma = 1), where the default sampling "
+            "grids start; SiT samples such models from t = 1e-3: give FlowPipeline sigmas starting below 1 "
+            "(e.g. 0.999)."
         )
     return convention
 
