@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
+from safetensors.torch import save_file
 from torch import nn
 
 from flow_pipelines import DiTModel, FlowPipeline
@@ -29,19 +30,27 @@ from flow_pipelines.models.conversion import (
     convert_original_checkpoint,
     load_original_state_dict,
 )
+from flow_pipelines.models.original_checkpoints import CheckpointReadError
 from flow_pipelines.paths import VPPath, path_from_config
 
+from .cli_support import assert_one_line_error, run_command, truncate
+from .conftest import file_modes
 from .oracles import reference_time, vp_reference
 
 _CLI_PATH = Path(__file__).resolve().parents[1] / "train_scripts" / "convert_checkpoint.py"
 
 
-def convert_main(argv: list[str]) -> None:
-    """Run the command-line script's ``main`` (train_scripts is a folder of scripts, not a package)."""
+def convert_script():
+    """The command-line script as a module (train_scripts is a folder of scripts, not a package)."""
     spec = importlib.util.spec_from_file_location("convert_checkpoint", _CLI_PATH)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    script.main(argv)
+    return script
+
+
+def convert_main(argv: list[str]) -> None:
+    """Run the script's ``main``: errors propagate."""
+    convert_script().main(argv)
 
 
 # ----------------------------------------------------------------------------- reference DiT / SiT
@@ -296,7 +305,9 @@ def test_training_checkpoints_take_the_ema_weights_and_plain_pickles_are_refused
             return (print, ("unpickled!",))
 
     torch.save({"x_embedder.proj.weight": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(
+        pickle.UnpicklingError, match=r"holds objects other than tensors.*Unsupported global: GLOBAL print"
+    ):
         load_original_state_dict(tmp_path / "evil.pt")
 
 
@@ -678,3 +689,79 @@ def test_convert_checkpoint_rejects_options_that_do_not_apply(tmp_path):
     with pytest.raises(ValueError, match="not a diffusers model folder"):
         convert_checkpoint("diffusers", tmp_path, tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+def test_truncated_or_corrupt_checkpoints_are_named(tmp_path):
+    torch.save(perturbed(RefDiT(sit=True)).state_dict(), tmp_path / "sit.pt")
+    truncate(tmp_path / "sit.pt")
+    with pytest.raises(
+        ValueError, match=r"checkpoint '.*sit\.pt' is not a readable PyTorch checkpoint \(truncated"
+    ):
+        load_original_state_dict(tmp_path / "sit.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(
+        CheckpointReadError, match=r"notes\.pt' is not a readable PyTorch checkpoint \(corrupt, or"
+    ):
+        load_original_state_dict(tmp_path / "notes.pt")
+    save_file(perturbed(RefDiT(sit=True)).state_dict(), str(tmp_path / "sit.safetensors"))
+    truncate(tmp_path / "sit.safetensors")
+    with pytest.raises(ValueError, match=r"sit\.safetensors' is not a readable safetensors file \(truncated"):
+        load_original_state_dict(tmp_path / "sit.safetensors")
+
+
+@pytest.mark.parametrize("breakage", ["missing", "truncated", "corrupt", "diffusers_json", "output_file"])
+def test_the_command_reports_bad_input_in_one_line(tmp_path, capsys, breakage):
+    checkpoint = tmp_path / "sit.pt"
+    torch.save(perturbed(RefDiT(sit=True)).state_dict(), checkpoint)
+    source, output, fragment = "sit", tmp_path / "out", ""
+    if breakage == "missing":
+        checkpoint, fragment = (
+            tmp_path / "nope.pt",
+            "checkpoint '" + str(tmp_path / "nope.pt") + "' is not a file",
+        )
+    elif breakage == "truncated":
+        truncate(checkpoint)
+        fragment = "is not a readable PyTorch checkpoint (truncated or corrupt"
+    elif breakage == "corrupt":
+        checkpoint.write_bytes(b"\x80\x02not a pickle")
+        fragment = "is not a readable PyTorch checkpoint (corrupt, or not a checkpoint: Unsupported operand"
+    elif breakage == "diffusers_json":
+        tiny_diffusers_dit().save_pretrained(tmp_path / "diffusers_dit")
+        (tmp_path / "diffusers_dit" / "config.json").write_text("{")
+        source, checkpoint, fragment = "diffusers", tmp_path / "diffusers_dit", "config.json"
+    else:
+        output.write_text("a file")
+        fragment = "is an existing file; allowed: a folder"
+    argv = ["--source", source, "--checkpoint", str(checkpoint), "--output_dir", str(output)]
+    argv += ["--num_attention_heads", "4"] if source == "sit" else []
+    capsys.readouterr()
+    assert convert_script().run(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, fragment)
+
+
+def test_the_command_prints_what_it_read_and_runs_as_a_script(tmp_path, umask):
+    reference = perturbed(RefDiT(sit=True))
+    checkpoint = sit_training_checkpoint(
+        reference, model="SiT-B/2", num_classes=10, path_type="GVP", prediction="noise"
+    )
+    torch.save(checkpoint, tmp_path / "0400000.pt")
+    argv = ["--source", "sit", "--checkpoint", str(tmp_path / "0400000.pt"), "--num_attention_heads", "4"]
+    result = run_command([str(_CLI_PATH), *argv, "--output_dir", str(tmp_path / "out")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        lines[0]
+        == "Training args in the checkpoint: model='SiT-B/2', num_classes=10, path_type='GVP', prediction='noise'."
+    )
+    assert "SiT samples such models from t = 1e-3" in lines[1]
+    assert "path='cosine' {'reverse_time': True}, time scale 1, prediction_type='epsilon'" in lines[-1]
+    assert file_modes(tmp_path / "out") == {
+        "config.json": "0o644",
+        "diffusion_pytorch_model.safetensors": "0o644",
+    }
+
+    truncate(tmp_path / "0400000.pt")
+    result = run_command([str(_CLI_PATH), *argv, "--output_dir", str(tmp_path / "again")], cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "0400000.pt' is not a readable PyTorch checkpoint")
+    assert not (tmp_path / "again").exists()

@@ -19,6 +19,8 @@ from flow_pipelines.evaluation.reference import reference_indices
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.images import quantize_images
 
+from .cli_support import assert_one_line_error, run_command, truncate
+from .conftest import file_modes
 from .oracles import scipy_frechet
 
 
@@ -131,8 +133,13 @@ def test_evaluate_end_to_end_matches_direct_computations(
     assert len(list(cache.glob("fd_dinov2-*.npz"))) == 1
     capsys.readouterr()
     only_fd = argv[: argv.index("--metrics") + 1] + ["fd_dinov2"] + argv[argv.index("--num-samples") :]
-    again = main(only_fd)
-    assert "reference statistics read from" in capsys.readouterr().out
+    again = main([*only_fd, "--overwrite"])  # the first run's results are replaced only when asked
+    printed = capsys.readouterr().out
+    assert "reference statistics read from" in printed
+    assert (
+        f"replaced {out / 'samples.npz'} (30 samples)" in printed
+        and f"replaced {out / 'metrics.json'}" in printed
+    )
     assert again[0]["value"] == pytest.approx(fd["value"], rel=1e-6)
 
 
@@ -260,7 +267,60 @@ def test_unfetchable_extractor_weights_name_what_could_not_be_fetched(
 
     # As a command: a one-line error naming the Inception weights, their URL and where to put them.
     capsys.readouterr()
-    assert cli(["--model", model, "--metrics", "fid", "--output-dir", str(tmp_path / "o")]) == 1
+    assert cli(["--model", model, "--metrics", "fid", "--output-dir", str(tmp_path / "o")]) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading progress bars
     assert message.startswith("error: The FID Inception-v3 weights are not cached")
     assert "weights-inception-2015-12-05-6726825d.pth" in message and str(tmp_path / "torch") in message
+
+
+def test_existing_results_are_refused_before_any_work_unless_overwrite(
+    tmp_path, saved_pipeline, capsys, umask
+):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text("[] (an earlier evaluation)")
+    argv = ["--model", str(saved_pipeline()), "--metrics", "digit_accuracy", "--num-samples", "10"]
+    argv += ["--steps", "1", "--output-dir", str(out)]
+    assert cli(argv) == 2
+    assert_one_line_error(
+        capsys.readouterr().err, "metrics.json' (from --output-dir) exists; pass --overwrite"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]  # refused before sampling
+    (out / "metrics.json").unlink()
+    (out / "samples.npz").write_bytes(b"earlier samples")
+    assert cli(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, "samples.npz' (from --output-dir) exists")
+
+    assert cli([*argv, "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"replaced {out / 'samples.npz'} (10 samples)" in printed
+        and f"wrote {out / 'metrics.json'}" in printed
+    )
+    assert file_modes(out) == {"metrics.json": "0o644", "samples.npz": "0o644"}
+
+
+@pytest.mark.parametrize("breakage", ["missing", "truncated", "json"])
+def test_unusable_models_end_in_one_line(tmp_path, saved_pipeline, capsys, breakage):
+    model = tmp_path / "missing" if breakage == "missing" else saved_pipeline()
+    if breakage == "truncated":
+        truncate(model / "transformer" / "diffusion_pytorch_model.safetensors")
+    elif breakage == "json":
+        (model / "model_index.json").write_text("{")
+    capsys.readouterr()
+    assert cli(["--model", str(model), "--metrics", "bpd", "--output-dir", str(tmp_path / "o")]) == 2
+    fragment = {
+        "missing": "is no folder here, and loading it as a Hub repo id failed",
+        "truncated": "diffusion_pytorch_model.safetensors is not a readable safetensors file",
+        "json": "model_index.json (the pipeline's component list) is not valid JSON",
+    }[breakage]
+    assert_one_line_error(capsys.readouterr().err, fragment)
+
+
+def test_the_command_reports_a_model_it_cannot_find_in_one_line(tmp_path):
+    result = run_command(
+        ["-m", "flow_pipelines.evaluate", "--model", "someone/not-cached", "--metrics", "bpd"], cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "'someone/not-cached' is no folder here", "HF_HUB_OFFLINE is set")
+    assert list(tmp_path.iterdir()) == []

@@ -4,13 +4,13 @@ Updates of a user's folder replace only what they write; what is published gets 
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from flow_pipelines.file_utils import atomic_directory, atomic_file, atomic_update, is_weights_file
+
+from .conftest import file_modes
 
 
 def test_atomic_file_creates_the_file_and_its_folder(tmp_path: Path) -> None:
@@ -173,20 +173,6 @@ def test_weights_files_of_a_variant():
     assert not is_weights_file("config.json") and not is_weights_file("diffusion_pytorch_model.bin")
 
 
-@pytest.fixture
-def umask() -> Iterator[Callable[[int], int]]:
-    """Set the process umask for a test (restored afterwards)."""
-    previous = os.umask(0o022)
-    yield os.umask
-    os.umask(previous)
-
-
-def modes(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in sorted(root.rglob("*"))
-    }
-
-
 @pytest.mark.parametrize(
     ("mask", "file_mode", "folder_mode"), [(0o022, "0o644", "0o755"), (0o002, "0o664", "0o775")]
 )
@@ -207,7 +193,7 @@ def test_published_files_get_ordinary_permissions(
         write_private(staging)
     with atomic_file(tmp_path / "metrics.json") as handle:
         handle.write(b"{}")
-    assert modes(tmp_path) == {
+    assert file_modes(tmp_path) == {
         "checkpoint": folder_mode,
         "checkpoint/sub": folder_mode,
         "checkpoint/sub/weights.safetensors": file_mode,
