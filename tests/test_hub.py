@@ -1,5 +1,7 @@
 """Model cards and publishing to the Hub, through huggingface_hub's real client and a local stand-in."""
 
+import stat
+
 import huggingface_hub
 import numpy as np
 import pytest
@@ -81,6 +83,11 @@ def test_a_failed_card_write_keeps_the_previous_card(pipeline_dir, monkeypatch):
         write_model_card(pipeline_dir, training_config={}, dataset_name="digits")
     assert card.read_text() == "the previous card"
     assert not [p.name for p in pipeline_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_the_card_gets_ordinary_permissions(pipeline_dir, umask):
+    path = write_model_card(pipeline_dir, training_config={}, dataset_name="digits")
+    assert oct(stat.S_IMODE(path.stat().st_mode)) == "0o644"
 
 
 def test_public_config_drops_credentials():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tupl
 from flow_pipelines import FlowEulerScheduler, FlowPipeline
 
 from .cli_support import truncate
+from .conftest import file_modes
 
 
 def sample(pipe: FlowPipeline, labels=(1, 2), steps: int = 3) -> torch.Tensor:
@@ -437,6 +439,16 @@ def test_save_into_the_current_folder(make_flow_pipeline, tmp_path, monkeypatch)
         "transformer",
     ]
     assert FlowPipeline.from_pretrained(".").transformer.config.num_classes == 10
+
+
+def test_saved_files_get_ordinary_permissions(make_flow_pipeline, tmp_path, umask):
+    make_flow_pipeline(in_channels=4, vae=True).save_pretrained(
+        tmp_path / "pipe"
+    )  # safetensors stages 0600 files
+    modes = file_modes(tmp_path / "pipe")
+    assert {mode for name, mode in modes.items() if "." in name} == {"0o644"}
+    assert {modes[name] for name in ("scheduler", "transformer", "vae")} == {"0o755"}
+    assert oct(stat.S_IMODE((tmp_path / "pipe").stat().st_mode)) == "0o755"
 
 
 def test_save_refuses_a_file_where_it_writes_a_folder(make_flow_pipeline, tmp_path):
