@@ -1,9 +1,10 @@
-"""What the tests of the command-line tools share: running one as a real process, a folder with a broken file,
-and the check that a failure ends in one readable line."""
+"""What the tests of the command-line tools share: running one as a real process, the commands of a docstring's
+examples, a truncated file, and the check that a failure ends in one readable line."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,24 @@ def truncate(path: Path) -> None:
     """Cut a file to half its size, as an interrupted copy or download leaves it."""
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+def example_commands(docstring: str, program: str) -> list[list[str]]:
+    """The example command lines of a docstring that run ``program``, as argument lists after it.
+
+    Args:
+        docstring: A module docstring with examples (``\\`` continues a line).
+        program: How the examples invoke the command, e.g. ``"python -m flow_pipelines.sample"``.
+
+    Returns:
+        One argument list per example, without ``program``.
+    """
+    commands, pending = [], ""
+    for line in docstring.splitlines():
+        line = line.strip()
+        if pending or line.startswith(program):
+            pending += " " + line.rstrip("\\")
+            if not line.endswith("\\"):
+                commands.append(shlex.split(pending)[len(shlex.split(program)) :])
+                pending = ""
+    return commands

@@ -30,10 +30,10 @@ from flow_pipelines.models.conversion import (
     convert_original_checkpoint,
     load_original_state_dict,
 )
-from flow_pipelines.models.original_checkpoints import CheckpointReadError
+from flow_pipelines.models.original_checkpoints import CheckpointReadError, preset_dims
 from flow_pipelines.paths import VPPath, path_from_config
 
-from .cli_support import assert_one_line_error, run_command, truncate
+from .cli_support import assert_one_line_error, example_commands, run_command, truncate
 from .conftest import file_modes
 from .oracles import reference_time, vp_reference
 
@@ -765,3 +765,18 @@ def test_the_command_prints_what_it_read_and_runs_as_a_script(tmp_path, umask):
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "0400000.pt' is not a readable PyTorch checkpoint")
     assert not (tmp_path / "again").exists()
+
+
+def test_the_docstring_examples_parse_and_name_real_files():
+    script = convert_script()
+    examples = example_commands(script.__doc__, "python train_scripts/convert_checkpoint.py")
+    assert [script.parse_args(argv).source for argv in examples] == ["sit", "dit", "diffusers"]
+    for argv in examples:
+        args = script.parse_args(argv)
+        if args.preset is not None:
+            preset_dims(args.preset)  # a known preset
+    # The released files' names (willisma/SiT download.py, facebookresearch/DiT download.py).
+    assert [script.parse_args(argv).checkpoint for argv in examples[:2]] == [
+        "SiT-XL-2-256x256.pt",
+        "DiT-XL-2-256x256.pt",
+    ]

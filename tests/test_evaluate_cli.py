@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 import torch
 
+import flow_pipelines.evaluate
 from flow_pipelines import FlowPipeline
-from flow_pipelines.evaluate import check_metrics, cli, main
+from flow_pipelines.evaluate import FRECHET_METRICS, build_parser, check_metrics, cli, main
 from flow_pipelines.evaluation.digits import DigitClassifier
 from flow_pipelines.evaluation.dinov2 import DinoV2FeatureExtractor
 from flow_pipelines.evaluation.features import WeightsUnavailableError
+from flow_pipelines.evaluation.frechet import minimum_samples
 from flow_pipelines.evaluation.likelihood import image_bits_per_dim
 from flow_pipelines.evaluation.reference import reference_indices
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.images import quantize_images
+from flow_pipelines.training.publish import PIPELINE_FOLDER
 
-from .cli_support import assert_one_line_error, run_command, truncate
+from .cli_support import assert_one_line_error, example_commands, run_command, truncate
 from .conftest import file_modes
 from .oracles import scipy_frechet
 
@@ -324,3 +327,16 @@ def test_the_command_reports_a_model_it_cannot_find_in_one_line(tmp_path):
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "'someone/not-cached' is no folder here", "HF_HUB_OFFLINE is set")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_docstring_example_fits_the_default_run_and_the_digits(digits_pixels):
+    """The example's flags parse, name the trained pipeline, and meet every check evaluate makes before sampling."""
+    (example,) = example_commands(flow_pipelines.evaluate.__doc__, "python -m flow_pipelines.evaluate")
+    args = build_parser().parse_args(example)
+    assert str(args.model) == f"outputs/digits/{PIPELINE_FOLDER}" and args.reference == "sklearn_digits"
+    # The default run trains at 16x16 (train_flow's --resolution); the digits are 8x8.
+    assert args.resize_reference and digits_pixels.shape[-1] != 16
+    feature_dims = {"fid": args.fid_features, "fd_dinov2": 1024}  # DINOv2 ViT-L/14's width
+    for metric in set(check_metrics(args.metrics)) & set(FRECHET_METRICS):
+        needed = minimum_samples(feature_dims[metric])
+        assert args.num_samples >= needed and len(digits_pixels) >= needed, metric

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import flow_pipelines.sample
 from flow_pipelines.sample import _parse_labels, main, run
 from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
+from flow_pipelines.training.publish import PIPELINE_FOLDER
 
-from .cli_support import assert_one_line_error, run_command, truncate
+from .cli_support import REPO_ROOT, assert_one_line_error, example_commands, run_command, truncate
 
 
 @pytest.fixture
@@ -193,3 +195,18 @@ def test_unusable_models_end_in_one_line(saved_digits_pipeline, tmp_path, capsys
     assert not (tmp_path / "x.png").exists()
     assert run(["--model", "someone/not-cached", "--out", str(tmp_path / "x.png")]) == 2
     assert_one_line_error(capsys.readouterr().err, "'someone/not-cached' is no folder here")
+
+
+def test_the_docstring_example_runs_as_written(make_flow_pipeline, tmp_path, monkeypatch, capsys):
+    (example,) = example_commands(flow_pipelines.sample.__doc__, "python -m flow_pipelines.sample")
+    model = example[example.index("--model") + 1]
+    # The folder the training command leaves (README's quickstart says so too).
+    assert (
+        model == f"outputs/digits/{PIPELINE_FOLDER}"
+        and f"`{model}/`" in (REPO_ROOT / "README.md").read_text()
+    )
+    monkeypatch.chdir(tmp_path)
+    make_flow_pipeline(id2label="digits").save_pretrained(model)
+    assert main(example) == Path("grid.png")
+    assert Image.open(tmp_path / "grid.png").height == 2 + 3 * 66  # three rows of 8 images
+    assert "3 classes x 8 images, FlowHeunScheduler, 30 steps, guidance 4" in capsys.readouterr().out
