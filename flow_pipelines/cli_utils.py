@@ -25,7 +25,7 @@ from huggingface_hub import constants as hub_constants
 from safetensors import SafetensorError
 
 from .pipelines import FlowPipeline
-from .schedulers import SCHEDULERS
+from .schedulers import SCHEDULERS, make_scheduler
 
 USAGE_ERROR_STATUS = 2
 """Exit status after an ``error: ...`` line: input the user can fix (argparse's own status for bad flags)."""
@@ -111,6 +111,23 @@ def load_pipeline(model: str, dtype: str, device: torch.device) -> FlowPipeline:
         else:
             pipeline = _load_from_hub(model, DTYPES[dtype])
     return pipeline.to(device)
+
+
+def load_sampling_pipeline(args: argparse.Namespace) -> FlowPipeline:
+    """The pipeline a sampling command's flags name, with the sampler they ask for.
+
+    Args:
+        args: Flags of a :func:`sampling_parser`: ``--model``, ``--dtype``, ``--device`` and ``--scheduler``.
+
+    Returns:
+        The pipeline on its device, its scheduler replaced by ``--scheduler``'s (same config).
+
+    Raises:
+        ValueError: See :func:`load_pipeline`.
+    """
+    pipeline = load_pipeline(str(args.model), args.dtype, default_device(args.device))
+    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
+    return pipeline
 
 
 def _load_from_hub(repo_id: str, dtype: torch.dtype) -> FlowPipeline:

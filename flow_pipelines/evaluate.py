@@ -56,7 +56,7 @@ from .cli_utils import (
     check_positive,
     default_device,
     exit_status,
-    load_pipeline,
+    load_sampling_pipeline,
     sampling_parser,
 )
 from .evaluation.dinov2 import DINOV2_DEFAULT_MODEL, DINOV2_POOLINGS, DinoV2FeatureExtractor
@@ -68,7 +68,6 @@ from .evaluation.reference import ReferenceSource, iter_reference, open_referenc
 from .file_utils import atomic_file
 from .guidance import GuidedVelocity
 from .images import quantize_images
-from .schedulers import make_scheduler
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
 METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digit_accuracy", "bpd")
@@ -439,9 +438,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError(f"--bpd-rho {args.bpd_rho} must be >= 1 (1 is a uniform grid).")
     device = default_device(args.device)
 
-    pipeline = load_pipeline(str(args.model), args.dtype, device)
+    pipeline = load_sampling_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)
-    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
     geometry = _output_geometry(pipeline)
     if "digit_accuracy" in metrics and pipeline.null_class_id != 10:
         raise ValueError(

@@ -24,16 +24,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .cli_utils import (
-    check_output_file,
-    check_positive,
-    default_device,
-    exit_status,
-    load_pipeline,
-    sampling_parser,
-)
+from .cli_utils import check_output_file, check_positive, exit_status, load_sampling_pipeline, sampling_parser
 from .file_utils import atomic_file
-from .schedulers import make_scheduler
 from .visualization import make_labelled_grid
 
 RANDOM_CLASS = -1
@@ -107,8 +99,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     check_positive(args, "batch_size", "steps")
     image_format = _image_format(args.out)
     check_output_file(args.out, args.overwrite, "--out")
-    pipeline = load_pipeline(str(args.model), args.dtype, default_device(args.device))
-    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
+    pipeline = load_sampling_pipeline(args)
 
     labels = _parse_labels(args.class_labels, pipeline.null_class_id, args.seed)
     class_ids = pipeline.label_ids(labels)  # validates names and ranges before sampling

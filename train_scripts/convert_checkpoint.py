@@ -81,6 +81,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class _PrintedNotes(logging.Handler):
+    """Prints log records as plain lines on the current ``sys.stdout``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record))
+
+
+def _print_conversion_notes() -> None:
+    """Print what the conversion reads or assumes (its INFO log) on stdout; once, however often main runs."""
+    logger = logging.getLogger(CONVERSION_LOGGER)
+    logger.setLevel(logging.INFO)
+    if not any(handler.get_name() == _PrintedNotes.__name__ for handler in logger.handlers):
+        handler = _PrintedNotes()
+        handler.set_name(_PrintedNotes.__name__)
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> DiTModel:
     """Run the conversion, printing what it read or assumed, then a summary.
 
@@ -95,25 +112,16 @@ def main(argv: list[str] | None = None) -> DiTModel:
             not apply to the source, or an ``--output_dir`` that is a file or would replace the checkpoint.
     """
     args = parse_args(argv)
-    notes = logging.StreamHandler(sys.stdout)
-    notes.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger(CONVERSION_LOGGER)
-    previous_level = logger.level
-    logger.addHandler(notes)
-    logger.setLevel(logging.INFO)
-    try:
-        model = convert_checkpoint(
-            args.source,
-            args.checkpoint,
-            args.output_dir,
-            preset=args.preset,
-            num_attention_heads=args.num_attention_heads,
-            time_convention=args.time_convention,
-            verify=not args.no_verify,
-        )
-    finally:
-        logger.removeHandler(notes)
-        logger.setLevel(previous_level)
+    _print_conversion_notes()
+    model = convert_checkpoint(
+        args.source,
+        args.checkpoint,
+        args.output_dir,
+        preset=args.preset,
+        num_attention_heads=args.num_attention_heads,
+        time_convention=args.time_convention,
+        verify=not args.no_verify,
+    )
     config = model.config
     parameters = sum(p.numel() for p in model.parameters())
     print(
