@@ -176,8 +176,14 @@ def check_output_file(path: Path, overwrite: bool, flag: str) -> None:
         flag: The flag that names the path, for the message (``"--out"``).
 
     Raises:
-        ValueError: If ``path`` is a folder, or exists and ``overwrite`` is False.
+        ValueError: If ``path`` is a folder, lies in a "folder" that is a file, or exists and ``overwrite`` is
+            False.
     """
+    taken = next((parent for parent in path.parents if parent.exists()), None)
+    if taken is not None and not taken.is_dir():
+        raise ValueError(
+            f"{str(taken)!r} (from {flag}) is a file; allowed: a folder to write {path.name} into."
+        )
     if path.is_dir():
         raise ValueError(f"{str(path)!r} (from {flag}) is a folder; allowed: a file path.")
     if path.exists() and not overwrite:

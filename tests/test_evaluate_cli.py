@@ -294,6 +294,10 @@ def test_existing_results_are_refused_before_any_work_unless_overwrite(
     assert cli(argv) == 2
     assert_one_line_error(capsys.readouterr().err, "samples.npz' (from --output-dir) exists")
 
+    (tmp_path / "a file").write_text("not a folder")
+    assert cli([*argv[:-1], str(tmp_path / "a file")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "a file' (from --output-dir) is a file; allowed: a folder")
+
     assert cli([*argv, "--overwrite"]) == 0
     printed = capsys.readouterr().out
     assert (
