@@ -122,6 +122,9 @@ def test_an_existing_out_is_refused_before_any_work_unless_overwrite(saved_digit
     )
     assert out.read_bytes() == b"a grid the user keeps"
 
+    assert run([*argv, "--out", str(tmp_path / "grid.xyz")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "grid.xyz' has no image suffix to write; allowed: .png")
+
     assert run([*argv, "--out", str(out), "--overwrite"]) == 0
     assert capsys.readouterr().out.startswith(f"replaced {out}: 1 classes x 2 images")
     assert Image.open(out).height == 2 + 66

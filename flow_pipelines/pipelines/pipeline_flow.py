@@ -57,7 +57,8 @@ def check_sampling_guidance_scale(guidance_scale: float) -> float:
     if scale > MAX_GUIDANCE_SCALE:
         raise ValueError(
             f"guidance_scale={guidance_scale!r} is too large; allowed: a finite number in [0, {MAX_GUIDANCE_SCALE:g}] "
-            "(1 disables guidance, useful scales are about 1-20): larger scales only drive the latents to inf / NaN."
+            "(1 disables guidance, useful scales are about 1-20): far larger scales only amplify the difference of "
+            "two predictions, up to inf / NaN latents."
         )
     return scale
 
@@ -431,9 +432,12 @@ class FlowPipeline(DiffusionPipeline):
         Raises:
             ValueError: Before any work, for an unknown class name, a label out of range, a guidance scale that
                 is negative, not finite or above `MAX_GUIDANCE_SCALE`, fewer than one step, latents of the wrong
-                shape or with NaN / inf values, sigmas outside [0, 1] or a non-finite mu, a non-flow scheduler, a scheduler
-                whose prediction type is singular on its own grid (epsilon at sigma = 1), or a transformer path
-                whose ``a + b`` vanishes at a noise level of the sampling grid.
+                shape or with NaN / inf values, sigmas outside [0, 1] or a non-finite mu, a non-flow scheduler,
+                a scheduler whose prediction type is singular on its own grid (epsilon at sigma = 1), or a
+                transformer path whose ``a + b`` vanishes at a noise level of the sampling grid.
+
+        Warns:
+            RuntimeWarning: Naming the samples that ended NaN or infinite (the finite ones are returned as usual).
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
