@@ -1,10 +1,14 @@
 """Evaluate a saved `FlowPipeline`: FID, FD-DINOv2, digit accuracy and bits per dimension.
 
-Example::
+Example (the pipeline that ``accelerate launch train_scripts/train_flow.py`` leaves, 16x16, against
+scikit-learn's 8x8 digits brought to its size)::
 
-    python -m flow_pipelines.evaluate --model outputs/digits --reference sklearn_digits --num-samples 10000 \\
-        --scheduler heun --steps 30 --guidance 1.5 --metrics fid fd_dinov2 digit_accuracy bpd \\
-        --output-dir outputs/digits/eval
+    python -m flow_pipelines.evaluate --model outputs/digits/pipeline --reference sklearn_digits \\
+        --resize-reference --num-samples 2000 --scheduler heun --steps 30 --guidance 1.5 \\
+        --metrics fd_dinov2 digit_accuracy bpd --output-dir outputs/digits/eval
+
+(FID's standard 2048 Inception features need at least 2049 reference images, more than the digits' 1,797;
+``--fid-features 768`` fits them.)
 
 Samples are drawn balanced over the classes (sample ``i`` has class ``i mod K``), each from its own
 generator seeded ``seed + i`` (so a sample does not depend on the batch size), quantised to uint8 once
@@ -13,6 +17,11 @@ that openai/guided-diffusion's reference evaluator reads. The figures go to ``me
 per metric (metric, value, num_samples, scheduler, steps, guidance, protocol, extractor, ...). Reference
 statistics are cached as ``.npz`` (mu, sigma) under ``--stats-cache``, keyed by the reference, its
 preprocessing and the extractor, so repeated evaluations read the reference once.
+
+Results are never replaced silently: if ``metrics.json`` (or ``samples.npz``, when samples are drawn) exists
+in ``--output-dir``, the command stops before any work unless ``--overwrite`` is given, and it says which
+files it wrote or replaced. Both are written atomically. Bad input ends with one ``error: ...`` line and exit
+status 2 (see :mod:`flow_pipelines.cli_utils`).
 
 ``--reference`` is scikit-learn's digits (``sklearn_digits``), a ``datasets`` name or ``save_to_disk``
 folder, a folder of image files, or an ADM reference batch ``.npz``. Reference images must have the
@@ -41,7 +50,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cli_utils import check_positive, default_device, exit_status, load_pipeline, sampling_parser
+from .cli_utils import (
+    INPUT_ERRORS,
+    check_output_file,
+    check_positive,
+    default_device,
+    exit_status,
+    load_sampling_pipeline,
+    sampling_parser,
+)
 from .evaluation.dinov2 import DINOV2_DEFAULT_MODEL, DINOV2_POOLINGS, DinoV2FeatureExtractor
 from .evaluation.features import FeatureExtractor, WeightsUnavailableError
 from .evaluation.frechet import FeatureStatistics, FrechetDistance, check_enough_samples, check_same_geometry
@@ -51,7 +68,6 @@ from .evaluation.reference import ReferenceSource, iter_reference, open_referenc
 from .file_utils import atomic_file
 from .guidance import GuidedVelocity
 from .images import quantize_images
-from .schedulers import make_scheduler
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
 METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digit_accuracy", "bpd")
@@ -144,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="Images per pipeline call.")
     parser.add_argument(
         "--output-dir", type=Path, default=Path("evaluation"), help="Where metrics.json and samples.npz go."
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace metrics.json and samples.npz in --output-dir."
     )
     parser.add_argument(
         "--stats-cache", type=Path, default=DEFAULT_STATS_CACHE, help="Reference statistics cache."
@@ -280,20 +299,29 @@ def generate_samples(
     return np.concatenate(batches), labels
 
 
-def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """Write samples as the ADM evaluator reads them: ``arr_0`` uint8 NHWC, ``arr_1`` labels.
+def save_samples(path: Path, images: np.ndarray, labels: np.ndarray, overwrite: bool = True) -> Path:
+    """Write samples as the ADM evaluator reads them: ``arr_0`` uint8 NHWC, ``arr_1`` labels (atomically).
 
     Args:
         path: Target ``.npz``.
         images: uint8 ``(N, H, W, C)``.
         labels: ``(N,)`` class ids.
+        overwrite: Replace an existing file (else it is never replaced, even one created meanwhile).
 
     Returns:
         The path.
+
+    Raises:
+        FileExistsError: If ``overwrite`` is False and the file exists when it is published.
     """
-    with atomic_file(path) as handle:
+    with atomic_file(path, overwrite=overwrite) as handle:
         np.savez(handle, arr_0=images, arr_1=labels)
     return path
+
+
+def _report_written(path: Path, replaced: bool, detail: str = "") -> None:
+    """Say which file was written, and whether it replaced one."""
+    print(f"{'replaced' if replaced else 'wrote'} {path}{detail}")
 
 
 def _record(metric: str, value: float, args: argparse.Namespace, **fields: Any) -> dict[str, Any]:
@@ -390,11 +418,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     Raises:
         ValueError: For an unknown metric, non-positive counts, too few samples or reference images for the
             feature dimension, reference and samples of different resolution or channels, digit accuracy on a
-            model without 10 classes, or bits per dimension on a latent (VAE) model.
+            model without 10 classes, bits per dimension on a latent (VAE) model, or results that exist in
+            ``--output-dir`` (without ``--overwrite``).
         WeightsUnavailableError: If a feature extractor's weights cannot be fetched.
     """
     args = build_parser().parse_args(argv)
     metrics = check_metrics(args.metrics)
+    draws_samples = any(m in FRECHET_METRICS or m == "digit_accuracy" for m in metrics)
+    outputs = [args.output_dir / "metrics.json"] + (
+        [args.output_dir / "samples.npz"] if draws_samples else []
+    )
+    for output in outputs:
+        check_output_file(output, args.overwrite, "--output-dir")
     counts = ("num_samples", "batch_size", "steps", "num_reference", "extractor_batch_size")
     check_positive(args, *counts, "bpd_num_images", "bpd_steps", "bpd_probes", "bpd_batch_size")
     if not 0.0 <= args.bpd_sigma_min < 1.0:
@@ -403,9 +438,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError(f"--bpd-rho {args.bpd_rho} must be >= 1 (1 is a uniform grid).")
     device = default_device(args.device)
 
-    pipeline = load_pipeline(str(args.model), args.dtype, device)
+    pipeline = load_sampling_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)
-    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
     geometry = _output_geometry(pipeline)
     if "digit_accuracy" in metrics and pipeline.null_class_id != 10:
         raise ValueError(
@@ -445,8 +479,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         images, labels = generate_samples(
             pipeline, args.num_samples, args.batch_size, args.steps, args.guidance, args.seed
         )
-        samples_path = save_samples(args.output_dir / "samples.npz", images, labels)
-        print(f"wrote {samples_path} ({len(images)} samples)")
+        samples_path = args.output_dir / "samples.npz"
+        replaced = samples_path.exists()
+        save_samples(samples_path, images, labels, overwrite=args.overwrite)
+        _report_written(samples_path, replaced, f" ({len(images)} samples)")
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
         for metric, distance in frechet.items():
             distance.update(pixels, real=False, description="generated")
@@ -468,11 +504,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         records.append(_bpd_record(pipeline, bpd_pixels, bpd_labels, args, device))
 
     metrics_path = args.output_dir / "metrics.json"
-    with atomic_file(metrics_path) as handle:
+    replaced = metrics_path.exists()
+    with atomic_file(metrics_path, overwrite=args.overwrite) as handle:
         handle.write(json.dumps(records, indent=2).encode())
     for record in records:
         print(f"{record['metric']:>16}: {record['value']:.6g}")
-    print(f"wrote {metrics_path}")
+    _report_written(metrics_path, replaced)
     return records
 
 
@@ -557,9 +594,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name (``sys.argv[1:]`` when None).
 
     Returns:
-        The exit status: 0 on success, 1 after an ``error: ...`` message.
+        The exit status: 0 on success, 2 after an ``error: ...`` message (as for every command of the package,
+        see :mod:`flow_pipelines.cli_utils`).
     """
-    return exit_status(main, argv, (ValueError, WeightsUnavailableError), failure_status=1)
+    return exit_status(main, argv, (*INPUT_ERRORS, WeightsUnavailableError))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
+from .file_utils import atomic_file
+
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "flow_pipeline.md"
 # Never uploaded with a pipeline: training checkpoints, logs, and staging folders of atomic writes.
 UPLOAD_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "wandb/**", ".*", ".*/**"]
@@ -52,7 +54,7 @@ def write_model_card(
     license: str = "apache-2.0",
     template_path: str | os.PathLike | None = None,
 ) -> Path:
-    """Render the model card of a saved pipeline into ``pipeline_dir/README.md``.
+    """Render the model card of a saved pipeline into ``pipeline_dir/README.md`` (replaced atomically).
 
     Args:
         pipeline_dir: The saved `FlowPipeline` folder.
@@ -116,7 +118,11 @@ def write_model_card(
         evaluation_rows=[(key, _format_value(value)) for key, value in (evaluation or {}).items()],
     )
     path = pipeline_dir / "README.md"
-    card.save(path)
+    # Rendered in full before anything is written, then renamed into place: a failure never leaves a
+    # truncated card where the previous one was.
+    text = str(card)
+    with atomic_file(path) as handle:
+        handle.write(text.encode("utf-8"))
     return path
 
 

@@ -1,12 +1,16 @@
 """Sample a labelled image grid from a saved `FlowPipeline`: one row per class.
 
-Example::
+Example (the pipeline that ``accelerate launch train_scripts/train_flow.py`` leaves)::
 
-    python -m flow_pipelines.sample --model outputs/digits --class-labels 3 7 -1 --steps 30 \\
+    python -m flow_pipelines.sample --model outputs/digits/pipeline --class-labels 3 7 -1 --steps 30 \\
         --guidance 4 --scheduler heun --seed 0 --batch-size 8 --out grid.png
 
 ``--class-labels`` takes class ids, class names (from the pipeline's ``id2label``) or ``-1`` for a
 random class. Column ``k`` of every row starts from the same noise (seed ``seed + k``).
+
+The grid is written atomically (aside, then renamed into place). An existing ``--out`` is refused before any
+work unless ``--overwrite`` is given. Bad input ends with one ``error: ...`` line and exit status 2 (see
+:mod:`flow_pipelines.cli_utils`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from .cli_utils import check_positive, default_device, exit_status, load_pipeline, sampling_parser
-from .schedulers import make_scheduler
+from .cli_utils import check_output_file, check_positive, exit_status, load_sampling_pipeline, sampling_parser
+from .file_utils import atomic_file
 from .visualization import make_labelled_grid
 
 RANDOM_CLASS = -1
@@ -52,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Guide only for noise levels LOW <= sigma <= HIGH (1 = noise).",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="Images per class (grid columns).")
-    parser.add_argument("--out", type=Path, default=Path("grid.png"), help="Where to write the PNG grid.")
+    parser.add_argument(
+        "--out", type=Path, default=Path("grid.png"), help="Where to write the grid (PNG, or by its suffix)."
+    )
+    parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
     parser.add_argument(
         "--min-cell-size", type=int, default=64, help="Upscale images to at least this many pixels."
     )
@@ -84,12 +92,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     Raises:
         ValueError: For a non-positive ``--steps`` or ``--batch-size``, an unknown class name or an
-            out-of-range id, or a model folder that lacks files.
+            out-of-range id, a model folder that lacks files or holds broken ones, an ``--out`` that exists
+            (without ``--overwrite``) or whose suffix names no image format.
     """
     args = build_parser().parse_args(argv)
     check_positive(args, "batch_size", "steps")
-    pipeline = load_pipeline(str(args.model), args.dtype, default_device(args.device))
-    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
+    image_format = _image_format(args.out)
+    check_output_file(args.out, args.overwrite, "--out")
+    pipeline = load_sampling_pipeline(args)
 
     labels = _parse_labels(args.class_labels, pipeline.null_class_id, args.seed)
     class_ids = pipeline.label_ids(labels)  # validates names and ranges before sampling
@@ -111,13 +121,26 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ).images
     rows = [images[row * args.batch_size : (row + 1) * args.batch_size] for row in range(len(class_ids))]
     grid = make_labelled_grid(rows, row_labels, min_cell_size=args.min_cell_size)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(args.out)
+    replaced = args.out.exists()
+    with atomic_file(args.out, overwrite=args.overwrite) as handle:
+        grid.save(handle, format=image_format)
     print(
-        f"wrote {args.out}: {len(class_ids)} classes x {args.batch_size} images, "
+        f"{'replaced' if replaced else 'wrote'} {args.out}: {len(class_ids)} classes x {args.batch_size} images, "
         f"{type(pipeline.scheduler).__name__}, {args.steps} steps, guidance {args.guidance:g}"
     )
     return args.out
+
+
+def _image_format(path: Path) -> str:
+    """The PIL format a file name's suffix asks for (``PNG`` for ``.png``)."""
+    formats = Image.registered_extensions()
+    image_format = formats.get(path.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        raise ValueError(
+            f"--out {str(path)!r} has no image suffix to write; allowed: .png (or another format PIL writes, "
+            "such as .jpg or .webp)."
+        )
+    return image_format
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +152,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 2 for bad input (after printing ``error: ...`` to stderr).
     """
-    return exit_status(main, argv, (ValueError,), failure_status=2)
+    return exit_status(main, argv)
 
 
 if __name__ == "__main__":

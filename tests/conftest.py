@@ -1,5 +1,6 @@
 """Shared test setup: offline Hub and wandb, an offline Hugging Face cache that serves repo ids, one factory per
-tiny model (`make_dit`, `make_flow_pipeline` on top of it, `make_dinov2`), and scikit-learn's digits as pixels."""
+tiny model (`make_dit`, `make_flow_pipeline` on top of it, `make_dinov2`), scikit-learn's digits as pixels, a set
+umask and the file modes below a folder."""
 
 from __future__ import annotations
 
@@ -26,6 +27,27 @@ def single_intra_op_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], int]]:
+    """Run a test under umask 022 (ordinary permissions: files 0644, folders 0755); ``umask(mask)`` sets another.
+
+    Returns:
+        ``os.umask``; the previous mask is restored afterwards.
+    """
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+def file_modes(root: Path) -> dict[str, str]:
+    """The permission bits of everything below ``root`` (``{"sub/file": "0o644"}``), for checks under a umask."""
+    import stat
+
+    return {
+        p.relative_to(root).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in sorted(root.rglob("*"))
+    }
 
 
 def _git_blob_id(path: Path) -> str:

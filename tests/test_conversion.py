@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
+from safetensors.torch import save_file
 from torch import nn
 
 from flow_pipelines import DiTModel, FlowPipeline
@@ -29,19 +30,27 @@ from flow_pipelines.models.conversion import (
     convert_original_checkpoint,
     load_original_state_dict,
 )
+from flow_pipelines.models.original_checkpoints import CheckpointReadError, preset_dims
 from flow_pipelines.paths import VPPath, path_from_config
 
+from .cli_support import assert_one_line_error, example_commands, run_command, truncate
+from .conftest import file_modes
 from .oracles import reference_time, vp_reference
 
 _CLI_PATH = Path(__file__).resolve().parents[1] / "train_scripts" / "convert_checkpoint.py"
 
 
-def convert_main(argv: list[str]) -> None:
-    """Run the command-line script's ``main`` (train_scripts is a folder of scripts, not a package)."""
+def convert_script():
+    """The command-line script as a module (train_scripts is a folder of scripts, not a package)."""
     spec = importlib.util.spec_from_file_location("convert_checkpoint", _CLI_PATH)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    script.main(argv)
+    return script
+
+
+def convert_main(argv: list[str]) -> None:
+    """Run the script's ``main``: errors propagate."""
+    convert_script().main(argv)
 
 
 # ----------------------------------------------------------------------------- reference DiT / SiT
@@ -296,7 +305,9 @@ def test_training_checkpoints_take_the_ema_weights_and_plain_pickles_are_refused
             return (print, ("unpickled!",))
 
     torch.save({"x_embedder.proj.weight": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(
+        pickle.UnpicklingError, match=r"holds objects other than tensors.*Unsupported global: GLOBAL print"
+    ):
         load_original_state_dict(tmp_path / "evil.pt")
 
 
@@ -336,7 +347,7 @@ def test_cli_writes_an_atomic_safetensors_folder(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "sit.pt")
     output = tmp_path / "converted"
     output.mkdir()
-    (output / "stale.bin").write_bytes(b"old")  # replaced as a whole, not merged into
+    (output / "notes.bin").write_bytes(b"the user's")  # kept: only the model's own files are written
     convert_main(
         [
             "--source",
@@ -352,7 +363,9 @@ def test_cli_writes_an_atomic_safetensors_folder(tmp_path):
     assert sorted(path.name for path in output.iterdir()) == [
         "config.json",
         "diffusion_pytorch_model.safetensors",
+        "notes.bin",
     ]
+    assert (output / "notes.bin").read_bytes() == b"the user's"
     assert not any(path.name.startswith(".converted") for path in tmp_path.iterdir())
     loaded = DiTModel.from_pretrained(output).eval()
     x, labels = inputs(), torch.tensor([0, 1, 2, 3])
@@ -363,6 +376,209 @@ def test_cli_writes_an_atomic_safetensors_folder(tmp_path):
             rtol=0,
             atol=1e-5,
         )
+
+
+def convert_sit_cli(checkpoint: Path, output_dir: str | Path) -> None:
+    convert_main(
+        ["--source", "sit", "--checkpoint", str(checkpoint), "--output_dir", str(output_dir)]
+        + ["--num_attention_heads", "4"]
+    )
+
+
+def test_converting_into_the_checkpoints_own_folder_keeps_it_and_everything_else(tmp_path):
+    reference = perturbed(RefDiT(sit=True))
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(reference.state_dict(), run / "model.pt")
+    checkpoint_bytes = (run / "model.pt").read_bytes()
+    (run / "notes.md").write_text("mine")
+    # Shards of an earlier model written here would shadow the new weights: they are the model's own files.
+    (run / "diffusion_pytorch_model-00001-of-00002.safetensors").write_bytes(b"stale")
+    (run / "diffusion_pytorch_model.safetensors.index.json").write_text("{}")
+    convert_sit_cli(run / "model.pt", run)
+    assert sorted(path.name for path in run.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "model.pt",
+        "notes.md",
+    ]
+    assert (run / "model.pt").read_bytes() == checkpoint_bytes
+    assert DiTModel.from_pretrained(run).config.out_channels == 4
+
+
+def test_converting_into_the_current_folder(tmp_path, monkeypatch):
+    torch.save(perturbed(RefDiT(sit=True)).state_dict(), tmp_path / "sit.pt")
+    monkeypatch.chdir(tmp_path)
+    convert_sit_cli(Path("sit.pt"), ".")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "sit.pt",
+    ]
+
+
+def test_an_output_path_that_is_a_file_or_the_source_is_refused(tmp_path):
+    torch.save(perturbed(RefDiT(sit=True)).state_dict(), tmp_path / "sit.pt")
+    (tmp_path / "model.safetensors").write_bytes(b"a file of the user's")
+    with pytest.raises(ValueError, match=r"output_dir='.*model\.safetensors' is an existing file"):
+        convert_sit_cli(tmp_path / "sit.pt", tmp_path / "model.safetensors")
+    assert (tmp_path / "model.safetensors").read_bytes() == b"a file of the user's"
+
+    torch.save(perturbed(RefDiT(sit=True)).state_dict(), tmp_path / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ValueError, match="has the name of a file the converted model writes"):
+        # The safetensors checkpoint would be overwritten by the converted weights.
+        convert_checkpoint("sit", tmp_path / "diffusion_pytorch_model.safetensors", tmp_path, None, 4)
+    tiny_diffusers_dit().save_pretrained(tmp_path / "diffusers_dit")
+    with pytest.raises(ValueError, match="is the diffusers folder being converted"):
+        convert_checkpoint("diffusers", tmp_path / "diffusers_dit", tmp_path / "diffusers_dit")
+
+
+# SiT's paths (willisma/SiT transport/path.py) written out: data coefficient alpha_t, noise coefficient sigma_t
+# and their time derivatives, with t = 0 noise and t = 1 data.
+def sit_plan(path_type: str, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if path_type == "Linear":
+        return t, 1 - t, torch.ones_like(t), -torch.ones_like(t)
+    if path_type == "GVP":
+        angle = math.pi / 2 * t
+        return (
+            torch.sin(angle),
+            torch.cos(angle),
+            math.pi / 2 * torch.cos(angle),
+            -math.pi / 2 * torch.sin(angle),
+        )
+    beta_min, beta_max = 0.1, 20.0  # VPCPlan's sigma_min, sigma_max
+    log_mean = -0.25 * (1 - t) ** 2 * (beta_max - beta_min) - 0.5 * (1 - t) * beta_min
+    d_log_mean = 0.5 * (1 - t) * (beta_max - beta_min) + 0.5 * beta_min
+    alpha, sigma = torch.exp(log_mean), torch.sqrt(1 - torch.exp(2 * log_mean))
+    return alpha, sigma, alpha * d_log_mean, torch.exp(2 * log_mean) * 2 * d_log_mean / (-2 * sigma)
+
+
+def sit_training_checkpoint(reference: nn.Module, **args) -> dict:
+    state_dict = reference.state_dict()
+    return {"model": state_dict, "ema": state_dict, "opt": {}, "args": argparse.Namespace(**args)}
+
+
+@pytest.mark.parametrize(
+    ("path_type", "prediction", "path", "path_kwargs", "prediction_type"),
+    [
+        ("GVP", "velocity", "cosine", {"reverse_time": True}, "velocity"),
+        ("VP", "velocity", "vp", {"beta_min": 0.1, "beta_max": 20.0, "reverse_time": True}, "velocity"),
+        ("Linear", "noise", "linear", {"reverse_time": True}, "epsilon"),
+        ("GVP", "noise", "cosine", {"reverse_time": True}, "epsilon"),
+        ("VP", "noise", "vp", {"beta_min": 0.1, "beta_max": 20.0, "reverse_time": True}, "epsilon"),
+    ],
+)
+def test_sit_training_args_choose_the_path_and_prediction(
+    tmp_path, path_type, prediction, path, path_kwargs, prediction_type
+):
+    reference = perturbed(RefDiT(sit=True), seed=4)
+    checkpoint = sit_training_checkpoint(
+        reference, model="SiT-XL/2", num_classes=10, path_type=path_type, prediction=prediction
+    )
+    torch.save(checkpoint, tmp_path / "0400000.pt")
+    model = convert_original_checkpoint(tmp_path / "0400000.pt", "sit", num_attention_heads=4).double()
+    config = model.config
+    assert (config.path, config.path_kwargs, config.prediction_type) == (path, path_kwargs, prediction_type)
+    assert config.num_train_timesteps == 1
+
+    # SiT's own reading of its output, at its times t, mapped onto our straight path by hand.
+    reference.double()
+    t = torch.tensor([0.2, 0.45, 0.7, 0.9], dtype=torch.float64)
+    alpha, sigma, d_alpha, d_sigma = (c[:, None, None, None] for c in sit_plan(path_type, t))
+    x = inputs()  # points of our straight path at sigma_ours = sigma_t / (alpha_t + sigma_t)
+    x_t = (alpha + sigma) * x
+    labels = torch.tensor([1, 2, 10, 5])
+    with torch.no_grad():
+        output = reference(x_t, t, labels)
+        if prediction == "velocity":  # alpha x1 + sigma x0 = x_t and d_alpha x1 + d_sigma x0 = output
+            determinant = alpha * d_sigma - sigma * d_alpha
+            data = (d_sigma * x_t - sigma * output) / determinant
+            noise = (alpha * output - d_alpha * x_t) / determinant
+        else:
+            noise = output
+            data = (x_t - sigma * noise) / alpha
+        ours = GuidedVelocity(model, labels)(x, (sigma / (alpha + sigma)).reshape(-1))
+    torch.testing.assert_close(ours, noise - data, rtol=1e-6, atol=1e-5)
+
+
+def test_sit_checkpoints_that_cannot_be_converted_faithfully_are_refused(tmp_path):
+    reference = perturbed(RefDiT(sit=True))
+    score = sit_training_checkpoint(reference, model="SiT-B/2", path_type="Linear", prediction="score")
+    with pytest.raises(
+        ValueError, match=r"prediction='score' cannot be converted faithfully.*-noise / sigma_t"
+    ):
+        convert_original_checkpoint(score, "sit", num_attention_heads=4)
+    other = sit_training_checkpoint(reference, model="SiT-B/2", path_type="Cosine", prediction="velocity")
+    with pytest.raises(ValueError, match=r"path_type='Cosine' cannot be converted.*Linear, GVP, VP"):
+        convert_original_checkpoint(other, "sit", num_attention_heads=4)
+
+
+def test_a_checkpoint_of_the_other_kind_is_refused(tmp_path):
+    dit = sit_training_checkpoint(perturbed(RefDiT()), model="DiT-XL/2", num_classes=10)
+    with pytest.raises(
+        ValueError, match=r"source='sit'.*model 'DiT-XL/2'.*DIT checkpoint; convert it with source='dit'"
+    ):
+        convert_original_checkpoint(dit, "sit", num_attention_heads=4)
+    sit = sit_training_checkpoint(
+        perturbed(RefDiT(sit=True)), model="SiT-XL/2", path_type="GVP", prediction="noise"
+    )
+    with pytest.raises(
+        ValueError, match=r"source='dit'.*SiT's transport flags \(path_type='GVP', prediction='noise'\)"
+    ):
+        convert_original_checkpoint(sit, "dit", num_attention_heads=4)
+    renamed = sit_training_checkpoint(perturbed(RefDiT(sit=True)), model="SiT-S/2")
+    with pytest.raises(ValueError, match="convert it with source='sit'"):
+        convert_original_checkpoint(renamed, "dit", num_attention_heads=4)
+
+
+def test_the_null_class_row_is_read_from_the_training_args(tmp_path):
+    reference = perturbed(RefDiT(num_classes=10))
+    checkpoint = sit_training_checkpoint(reference, model="DiT-XL/2", num_classes=10)
+    assert convert_original_checkpoint(checkpoint, "dit", num_attention_heads=4).config.num_classes == 10
+
+    # Trained without label dropout: the table has exactly num_classes rows and no null class.
+    without_null_row = {**reference.state_dict()}
+    without_null_row["y_embedder.embedding_table.weight"] = without_null_row[
+        "y_embedder.embedding_table.weight"
+    ][:10]
+    checkpoint = sit_training_checkpoint(reference, model="DiT-XL/2", num_classes=10)
+    checkpoint["ema"] = without_null_row
+    message = (
+        r"10 rows for 10 classes \(num_classes=10\).*no null class.*guidance is impossible.*Not converted"
+    )
+    with pytest.raises(ValueError, match=message):
+        convert_original_checkpoint(checkpoint, "dit", num_attention_heads=4)
+    dropout_zero = {
+        "ema": without_null_row,
+        "args": argparse.Namespace(model="DiT-XL/2"),
+        "class_dropout_prob": 0.0,
+    }
+    with pytest.raises(ValueError, match=r"\(class_dropout_prob=0.0\).*no null class"):
+        convert_original_checkpoint(dropout_zero, "dit", num_attention_heads=4)
+    wrong = sit_training_checkpoint(reference, model="DiT-XL/2", num_classes=7)
+    with pytest.raises(ValueError, match="11 rows, but the training args say num_classes=7"):
+        convert_original_checkpoint(wrong, "dit", num_attention_heads=4)
+
+
+def test_what_a_conversion_read_or_assumed_is_logged(tmp_path, caplog):
+    reference = perturbed(RefDiT(sit=True))
+    with caplog.at_level("INFO", logger="flow_pipelines.models"):
+        convert_original_checkpoint(reference.state_dict(), "sit", num_attention_heads=4)
+        convert_original_checkpoint(
+            sit_training_checkpoint(
+                reference, model="SiT-B/2", num_classes=10, path_type="GVP", prediction="velocity"
+            ),
+            "sit",
+            num_attention_heads=4,
+        )
+    first, second = caplog.messages
+    assert (
+        "carries no training args: converted as source='sit' means by default (velocity on SiT's linear"
+        in first
+    )
+    assert second == (
+        "Training args in the checkpoint: model='SiT-B/2', num_classes=10, path_type='GVP', prediction='velocity'."
+    )
 
 
 def test_converted_dit_checkpoint_samples_through_the_vp_mapping(tmp_path):
@@ -473,3 +689,94 @@ def test_convert_checkpoint_rejects_options_that_do_not_apply(tmp_path):
     with pytest.raises(ValueError, match="not a diffusers model folder"):
         convert_checkpoint("diffusers", tmp_path, tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+def test_truncated_or_corrupt_checkpoints_are_named(tmp_path):
+    torch.save(perturbed(RefDiT(sit=True)).state_dict(), tmp_path / "sit.pt")
+    truncate(tmp_path / "sit.pt")
+    with pytest.raises(
+        ValueError, match=r"checkpoint '.*sit\.pt' is not a readable PyTorch checkpoint \(truncated"
+    ):
+        load_original_state_dict(tmp_path / "sit.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(
+        CheckpointReadError, match=r"notes\.pt' is not a readable PyTorch checkpoint \(corrupt, or"
+    ):
+        load_original_state_dict(tmp_path / "notes.pt")
+    save_file(perturbed(RefDiT(sit=True)).state_dict(), str(tmp_path / "sit.safetensors"))
+    truncate(tmp_path / "sit.safetensors")
+    with pytest.raises(ValueError, match=r"sit\.safetensors' is not a readable safetensors file \(truncated"):
+        load_original_state_dict(tmp_path / "sit.safetensors")
+
+
+@pytest.mark.parametrize("breakage", ["missing", "truncated", "corrupt", "diffusers_json", "output_file"])
+def test_the_command_reports_bad_input_in_one_line(tmp_path, capsys, breakage):
+    checkpoint = tmp_path / "sit.pt"
+    torch.save(perturbed(RefDiT(sit=True)).state_dict(), checkpoint)
+    source, output, fragment = "sit", tmp_path / "out", ""
+    if breakage == "missing":
+        checkpoint, fragment = (
+            tmp_path / "nope.pt",
+            "checkpoint '" + str(tmp_path / "nope.pt") + "' is not a file",
+        )
+    elif breakage == "truncated":
+        truncate(checkpoint)
+        fragment = "is not a readable PyTorch checkpoint (truncated or corrupt"
+    elif breakage == "corrupt":
+        checkpoint.write_bytes(b"\x80\x02not a pickle")
+        fragment = "is not a readable PyTorch checkpoint (corrupt, or not a checkpoint: Unsupported operand"
+    elif breakage == "diffusers_json":
+        tiny_diffusers_dit().save_pretrained(tmp_path / "diffusers_dit")
+        (tmp_path / "diffusers_dit" / "config.json").write_text("{")
+        source, checkpoint, fragment = "diffusers", tmp_path / "diffusers_dit", "config.json"
+    else:
+        output.write_text("a file")
+        fragment = "is an existing file; allowed: a folder"
+    argv = ["--source", source, "--checkpoint", str(checkpoint), "--output_dir", str(output)]
+    argv += ["--num_attention_heads", "4"] if source == "sit" else []
+    capsys.readouterr()
+    assert convert_script().run(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, fragment)
+
+
+def test_the_command_prints_what_it_read_and_runs_as_a_script(tmp_path, umask):
+    reference = perturbed(RefDiT(sit=True))
+    checkpoint = sit_training_checkpoint(
+        reference, model="SiT-B/2", num_classes=10, path_type="GVP", prediction="noise"
+    )
+    torch.save(checkpoint, tmp_path / "0400000.pt")
+    argv = ["--source", "sit", "--checkpoint", str(tmp_path / "0400000.pt"), "--num_attention_heads", "4"]
+    result = run_command([str(_CLI_PATH), *argv, "--output_dir", str(tmp_path / "out")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        lines[0]
+        == "Training args in the checkpoint: model='SiT-B/2', num_classes=10, path_type='GVP', prediction='noise'."
+    )
+    assert "SiT samples such models from t = 1e-3" in lines[1]
+    assert "path='cosine' {'reverse_time': True}, time scale 1, prediction_type='epsilon'" in lines[-1]
+    assert file_modes(tmp_path / "out") == {
+        "config.json": "0o644",
+        "diffusion_pytorch_model.safetensors": "0o644",
+    }
+
+    truncate(tmp_path / "0400000.pt")
+    result = run_command([str(_CLI_PATH), *argv, "--output_dir", str(tmp_path / "again")], cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "0400000.pt' is not a readable PyTorch checkpoint")
+    assert not (tmp_path / "again").exists()
+
+
+def test_the_docstring_examples_parse_and_name_real_files():
+    script = convert_script()
+    examples = example_commands(script.__doc__, "python train_scripts/convert_checkpoint.py")
+    assert [script.parse_args(argv).source for argv in examples] == ["sit", "dit", "diffusers"]
+    for argv in examples:
+        args = script.parse_args(argv)
+        if args.preset is not None:
+            preset_dims(args.preset)  # a known preset
+    # The released files' names (willisma/SiT download.py, facebookresearch/DiT download.py).
+    assert [script.parse_args(argv).checkpoint for argv in examples[:2]] == [
+        "SiT-XL-2-256x256.pt",
+        "DiT-XL-2-256x256.pt",
+    ]

@@ -9,16 +9,21 @@ import numpy as np
 import pytest
 import torch
 
+import flow_pipelines.evaluate
 from flow_pipelines import FlowPipeline
-from flow_pipelines.evaluate import check_metrics, cli, main
+from flow_pipelines.evaluate import FRECHET_METRICS, build_parser, check_metrics, cli, main
 from flow_pipelines.evaluation.digits import DigitClassifier
 from flow_pipelines.evaluation.dinov2 import DinoV2FeatureExtractor
 from flow_pipelines.evaluation.features import WeightsUnavailableError
+from flow_pipelines.evaluation.frechet import minimum_samples
 from flow_pipelines.evaluation.likelihood import image_bits_per_dim
 from flow_pipelines.evaluation.reference import reference_indices
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.images import quantize_images
+from flow_pipelines.training.publish import PIPELINE_FOLDER
 
+from .cli_support import assert_one_line_error, example_commands, run_command, truncate
+from .conftest import file_modes
 from .oracles import scipy_frechet
 
 
@@ -131,8 +136,13 @@ def test_evaluate_end_to_end_matches_direct_computations(
     assert len(list(cache.glob("fd_dinov2-*.npz"))) == 1
     capsys.readouterr()
     only_fd = argv[: argv.index("--metrics") + 1] + ["fd_dinov2"] + argv[argv.index("--num-samples") :]
-    again = main(only_fd)
-    assert "reference statistics read from" in capsys.readouterr().out
+    again = main([*only_fd, "--overwrite"])  # the first run's results are replaced only when asked
+    printed = capsys.readouterr().out
+    assert "reference statistics read from" in printed
+    assert (
+        f"replaced {out / 'samples.npz'} (30 samples)" in printed
+        and f"replaced {out / 'metrics.json'}" in printed
+    )
     assert again[0]["value"] == pytest.approx(fd["value"], rel=1e-6)
 
 
@@ -260,7 +270,77 @@ def test_unfetchable_extractor_weights_name_what_could_not_be_fetched(
 
     # As a command: a one-line error naming the Inception weights, their URL and where to put them.
     capsys.readouterr()
-    assert cli(["--model", model, "--metrics", "fid", "--output-dir", str(tmp_path / "o")]) == 1
+    assert cli(["--model", model, "--metrics", "fid", "--output-dir", str(tmp_path / "o")]) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading progress bars
     assert message.startswith("error: The FID Inception-v3 weights are not cached")
     assert "weights-inception-2015-12-05-6726825d.pth" in message and str(tmp_path / "torch") in message
+
+
+def test_existing_results_are_refused_before_any_work_unless_overwrite(
+    tmp_path, saved_pipeline, capsys, umask
+):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text("[] (an earlier evaluation)")
+    argv = ["--model", str(saved_pipeline()), "--metrics", "digit_accuracy", "--num-samples", "10"]
+    argv += ["--steps", "1", "--output-dir", str(out)]
+    assert cli(argv) == 2
+    assert_one_line_error(
+        capsys.readouterr().err, "metrics.json' (from --output-dir) exists; pass --overwrite"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]  # refused before sampling
+    (out / "metrics.json").unlink()
+    (out / "samples.npz").write_bytes(b"earlier samples")
+    assert cli(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, "samples.npz' (from --output-dir) exists")
+
+    (tmp_path / "a file").write_text("not a folder")
+    assert cli([*argv[:-1], str(tmp_path / "a file")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "a file' (from --output-dir) is a file; allowed: a folder")
+
+    assert cli([*argv, "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"replaced {out / 'samples.npz'} (10 samples)" in printed
+        and f"wrote {out / 'metrics.json'}" in printed
+    )
+    assert file_modes(out) == {"metrics.json": "0o644", "samples.npz": "0o644"}
+
+
+@pytest.mark.parametrize("breakage", ["missing", "truncated", "json"])
+def test_unusable_models_end_in_one_line(tmp_path, saved_pipeline, capsys, breakage):
+    model = tmp_path / "missing" if breakage == "missing" else saved_pipeline()
+    if breakage == "truncated":
+        truncate(model / "transformer" / "diffusion_pytorch_model.safetensors")
+    elif breakage == "json":
+        (model / "model_index.json").write_text("{")
+    capsys.readouterr()
+    assert cli(["--model", str(model), "--metrics", "bpd", "--output-dir", str(tmp_path / "o")]) == 2
+    fragment = {
+        "missing": "is no folder here, and loading it as a Hub repo id failed",
+        "truncated": "diffusion_pytorch_model.safetensors is not a readable safetensors file",
+        "json": "model_index.json (the pipeline's component list) is not valid JSON",
+    }[breakage]
+    assert_one_line_error(capsys.readouterr().err, fragment)
+
+
+def test_the_command_reports_a_model_it_cannot_find_in_one_line(tmp_path):
+    result = run_command(
+        ["-m", "flow_pipelines.evaluate", "--model", "someone/not-cached", "--metrics", "bpd"], cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "'someone/not-cached' is no folder here", "HF_HUB_OFFLINE is set")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_docstring_example_fits_the_default_run_and_the_digits(digits_pixels):
+    """The example's flags parse, name the trained pipeline, and meet every check evaluate makes before sampling."""
+    (example,) = example_commands(flow_pipelines.evaluate.__doc__, "python -m flow_pipelines.evaluate")
+    args = build_parser().parse_args(example)
+    assert str(args.model) == f"outputs/digits/{PIPELINE_FOLDER}" and args.reference == "sklearn_digits"
+    # The default run trains at 16x16 (train_flow's --resolution); the digits are 8x8.
+    assert args.resize_reference and digits_pixels.shape[-1] != 16
+    feature_dims = {"fid": args.fid_features, "fd_dinov2": 1024}  # DINOv2 ViT-L/14's width
+    for metric in set(check_metrics(args.metrics)) & set(FRECHET_METRICS):
+        needed = minimum_samples(feature_dims[metric])
+        assert args.num_samples >= needed and len(digits_pixels) >= needed, metric

@@ -1,5 +1,7 @@
 """Model cards and publishing to the Hub, through huggingface_hub's real client and a local stand-in."""
 
+import stat
+
 import huggingface_hub
 import numpy as np
 import pytest
@@ -67,6 +69,25 @@ def test_model_card_has_metadata_usage_details_and_no_token(pipeline_dir):
 def test_model_card_rejects_a_missing_grid(pipeline_dir):
     with pytest.raises(ValueError, match="sample_grid='nope.png'"):
         write_model_card(pipeline_dir, training_config={}, dataset_name="digits", sample_grid="nope.png")
+
+
+def test_a_failed_card_write_keeps_the_previous_card(pipeline_dir, monkeypatch):
+    card = pipeline_dir / "README.md"
+    card.write_text("the previous card")
+
+    def fail(self):
+        raise RuntimeError("template error")
+
+    monkeypatch.setattr(huggingface_hub.ModelCard, "__str__", fail)
+    with pytest.raises(RuntimeError, match="template error"):
+        write_model_card(pipeline_dir, training_config={}, dataset_name="digits")
+    assert card.read_text() == "the previous card"
+    assert not [p.name for p in pipeline_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_the_card_gets_ordinary_permissions(pipeline_dir, umask):
+    path = write_model_card(pipeline_dir, training_config={}, dataset_name="digits")
+    assert oct(stat.S_IMODE(path.stat().st_mode)) == "0o644"
 
 
 def test_public_config_drops_credentials():

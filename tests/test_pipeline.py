@@ -230,6 +230,25 @@ def test_to_dtype_runs_the_transformer_in_that_dtype(make_flow_pipeline):
         ({"class_labels": []}, r"class_labels is empty"),
         ({"class_labels": [1.5]}, r"class label 1\.5 must be an integer class id or a class name"),
         ({"guidance_scale": -0.5}, r"guidance_scale=-0\.5 must be a finite number >= 0"),
+        ({"guidance_scale": float("nan")}, r"guidance_scale=nan must be a finite number >= 0"),
+        (
+            {"guidance_scale": 1e30},
+            r"guidance_scale=1e\+30 is too large; allowed: a finite number in \[0, 1000\]",
+        ),
+        ({"latents": torch.full((1, 1, 8, 8), float("nan"))}, r"latents has 64 NaN or infinite value\(s\)"),
+        (
+            {"latents": torch.ones(1, 1, 8, 8).index_fill_(2, torch.tensor([3]), float("inf"))},
+            r"latents has 8 NaN",
+        ),
+        (
+            {"latents": torch.ones(1, 1, 8, 8, dtype=torch.long)},
+            r"latents has dtype torch.int64; allowed: a floating",
+        ),
+        (
+            {"sigmas": [1.0, float("nan"), 0.0]},
+            r"sigmas=\[1\.0, nan, 0\.0\] is not allowed; allowed: finite numbers in \[0, 1\]",
+        ),
+        ({"sigmas": [2.0, 0.5]}, r"sigmas=\[2\.0, 0\.5\] is not allowed"),
         ({"num_inference_steps": 0}, r"num_inference_steps=0 must be an integer >= 1"),
         ({"latents": torch.zeros(2, 1, 4, 4)}, r"latents has shape \(2, 1, 4, 4\); expected \(1, 1, 8, 8\)"),
         ({"output_type": "jpg"}, r"output_type='jpg' is not supported; allowed: pil, np, pt, latent"),
@@ -253,6 +272,30 @@ def test_bad_call_arguments_fail_before_any_work(make_flow_pipeline, kwargs, mes
     with record_calls(pipe.transformer) as calls, pytest.raises(ValueError, match=message):
         pipe(**arguments)
     assert calls == []
+
+
+def test_a_guidance_scale_set_by_a_callback_is_checked_and_non_finite_results_are_reported(
+    make_flow_pipeline,
+):
+    pipe = make_flow_pipeline()
+
+    def too_strong(pipeline, step, timestep, tensors):
+        pipeline.guidance_scale = float("inf")
+        return tensors
+
+    with pytest.raises(ValueError, match="guidance_scale=inf must be a finite number"):
+        pipe([1], num_inference_steps=2, callback_on_step_end=too_strong)
+
+    def poison(pipeline, step, timestep, tensors):
+        latents = tensors["latents"].clone()
+        latents[1] = float("nan")
+        return {"latents": latents}
+
+    with pytest.warns(
+        RuntimeWarning, match=r"1 of 3 samples are not finite \(NaN / inf\) after sampling: index 1\."
+    ):
+        images = pipe([1, 2, 3], num_inference_steps=2, callback_on_step_end=poison, output_type="pt").images
+    assert torch.isfinite(images[0]).all() and torch.isfinite(images[2]).all()  # the good ones are returned
 
 
 def test_incompatible_schedulers_are_rejected(make_flow_pipeline):

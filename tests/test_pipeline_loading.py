@@ -1,9 +1,12 @@
-"""FlowPipeline save/load: folder layout, both loaders, Hub repo ids from an offline cache, variants, atomicity."""
+"""FlowPipeline save/load: folder layout, both loaders, Hub repo ids from an offline cache, variants, atomicity,
+and saving into a folder that holds other files."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,9 @@ from diffusers.pipelines import pipeline_loading_utils
 from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tuple
 
 from flow_pipelines import FlowEulerScheduler, FlowPipeline
+
+from .cli_support import truncate
+from .conftest import file_modes
 
 
 def sample(pipe: FlowPipeline, labels=(1, 2), steps: int = 3) -> torch.Tensor:
@@ -236,6 +242,38 @@ def test_missing_files_are_named(make_flow_pipeline, tmp_path):
         FlowPipeline.from_pretrained(folder)
 
 
+def test_truncated_weights_and_broken_json_are_named(make_flow_pipeline, tmp_path):
+    folder = tmp_path / "pipe"
+    make_flow_pipeline().save_pretrained(folder)
+    pristine = tree_digest(folder)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    truncate(weights)
+    with pytest.raises(
+        ValueError, match=r"diffusion_pytorch_model\.safetensors is not a readable safetensors file"
+    ):
+        FlowPipeline.from_pretrained(folder)
+
+    for relative, role in [
+        ("model_index.json", "the pipeline's component list"),
+        ("transformer/config.json", "the transformer configuration"),
+        ("scheduler/scheduler_config.json", "the scheduler configuration"),
+    ]:
+        make_flow_pipeline().save_pretrained(folder)
+        assert tree_digest(folder) == pristine
+        (folder / relative).write_text('{"_class_name": "FlowPipeline",')  # cut off mid-write
+        message = (
+            rf"{relative} \({role}\) is not valid JSON: Expecting property name enclosed in double quotes"
+        )
+        with pytest.raises(ValueError, match=message):
+            FlowPipeline.from_pretrained(folder)
+
+    sharded = tmp_path / "sharded"
+    make_flow_pipeline().save_pretrained(sharded, max_shard_size="20KB")
+    truncate(sharded / "transformer" / "diffusion_pytorch_model-00002-of-00009.safetensors")
+    with pytest.raises(ValueError, match=r"00002-of-00009\.safetensors is not a readable safetensors file"):
+        FlowPipeline.from_pretrained(sharded)
+
+
 def test_pickle_weights_are_never_written_or_read(make_flow_pipeline, tmp_path):
     pipe = make_flow_pipeline()
     with pytest.raises(ValueError, match="safe_serialization=False is not supported"):
@@ -271,7 +309,7 @@ def test_save_is_atomic(make_flow_pipeline, tmp_path, monkeypatch):
 
     monkeypatch.undo()
     second.save_pretrained(folder)
-    assert "notes.txt" not in tree_digest(folder)  # replaced as a whole, not merged
+    assert (folder / "notes.txt").read_text() == "written beside the first save"  # the user's file is kept
     loaded = FlowPipeline.from_pretrained(folder)
     loaded.set_progress_bar_config(disable=True)
     assert loaded.id2label == {}
@@ -281,6 +319,151 @@ def test_save_is_atomic(make_flow_pipeline, tmp_path, monkeypatch):
     loaded.id2label = {0: "zero"}
     loaded.save_pretrained(folder)
     assert FlowPipeline.from_pretrained(folder).id2label == {0: "zero"}
+
+
+def assert_every_file_is_readable(folder: Path) -> None:
+    """Every JSON file parses and every safetensors file opens whole: nothing half-written is in the folder."""
+    from safetensors import safe_open
+
+    for path in folder.rglob("*"):
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as handle:
+                assert list(handle.keys())
+    assert not [p.name for p in folder.rglob(".*")], "no staging or set-aside entry is left behind"
+
+
+def test_save_keeps_the_users_files_beside_and_inside_the_components(make_flow_pipeline, tmp_path):
+    folder = tmp_path / "pipe"
+    make_flow_pipeline(seed=0).save_pretrained(folder)
+    (folder / "my_notes.md").write_text("mine")
+    (folder / "runs" / "0").mkdir(parents=True)
+    (folder / "runs" / "0" / "log.txt").write_text("log")
+    (folder / "transformer" / "how_trained.txt").write_text("mine too")
+    (folder / "transformer" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"another variant")
+
+    second = make_flow_pipeline(seed=1)
+    second.save_pretrained(folder)
+    assert (folder / "my_notes.md").read_text() == "mine"
+    assert (folder / "runs" / "0" / "log.txt").read_text() == "log"
+    assert (folder / "transformer" / "how_trained.txt").read_text() == "mine too"
+    assert (
+        folder / "transformer" / "diffusion_pytorch_model.fp16.safetensors"
+    ).read_bytes() == b"another variant"
+    assert not [p.name for p in folder.rglob(".*")]
+    loaded = FlowPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(sample(loaded), sample(second))
+
+
+def test_a_single_file_save_drops_the_shards_of_an_earlier_sharded_one(make_flow_pipeline, tmp_path):
+    folder = tmp_path / "pipe"
+    make_flow_pipeline(seed=0).save_pretrained(folder, max_shard_size="20KB")
+    shards = sorted(p.name for p in (folder / "transformer").iterdir() if "-of-" in p.name)
+    assert (
+        len(shards) > 1
+        and (folder / "transformer" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    )
+
+    second = make_flow_pipeline(seed=1)
+    second.save_pretrained(folder)
+    # A stale index would make loaders read the old shards instead of the new single file.
+    assert sorted(p.name for p in (folder / "transformer").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
+    loaded = FlowPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(sample(loaded), sample(second))
+
+
+def test_a_crash_while_writing_weights_leaves_the_previous_save(make_flow_pipeline, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    folder = tmp_path / "pipe"
+    make_flow_pipeline(seed=0).save_pretrained(folder)
+    (folder / "my_notes.md").write_text("mine")
+    before = tree_digest(folder)
+    real_save_file = safetensors.torch.save_file
+
+    def half_written(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as handle:
+            handle.truncate(os.path.getsize(filename) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        make_flow_pipeline(seed=1).save_pretrained(folder)
+    assert tree_digest(folder) == before
+    assert_every_file_is_readable(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_a_failure_between_components_leaves_complete_components(make_flow_pipeline, tmp_path, monkeypatch):
+    folder = tmp_path / "pipe"
+    first = make_flow_pipeline(seed=0)
+    first.save_pretrained(folder)
+    (folder / "my_notes.md").write_text("mine")
+    real_replace = os.replace
+
+    def replace(source, destination):
+        # The scheduler folder is published, then moving the new transformer folder into place fails.
+        if Path(destination).name == "transformer" and ".tmp-" in str(source):
+            raise OSError(28, "No space left on device")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        make_flow_pipeline(seed=1, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(folder)
+    monkeypatch.undo()
+    assert_every_file_is_readable(folder)
+    assert (folder / "my_notes.md").read_text() == "mine"
+    # The new scheduler folder is in place, complete; the previous transformer and index are untouched.
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler_config["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+    loaded = FlowPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(sample(loaded), sample(first))
+
+
+def test_save_into_the_current_folder(make_flow_pipeline, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_notes.md").write_text("mine")
+    make_flow_pipeline().save_pretrained(".")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model_index.json",
+        "my_notes.md",
+        "scheduler",
+        "transformer",
+    ]
+    assert FlowPipeline.from_pretrained(".").transformer.config.num_classes == 10
+
+
+def test_saved_files_get_ordinary_permissions(make_flow_pipeline, tmp_path, umask):
+    make_flow_pipeline(in_channels=4, vae=True).save_pretrained(
+        tmp_path / "pipe"
+    )  # safetensors stages 0600 files
+    modes = file_modes(tmp_path / "pipe")
+    assert {mode for name, mode in modes.items() if "." in name} == {"0o644"}
+    assert {modes[name] for name in ("scheduler", "transformer", "vae")} == {"0o755"}
+    assert oct(stat.S_IMODE((tmp_path / "pipe").stat().st_mode)) == "0o755"
+
+
+def test_save_refuses_a_file_where_it_writes_a_folder(make_flow_pipeline, tmp_path):
+    pipe = make_flow_pipeline()
+    (tmp_path / "pipe.png").write_bytes(b"an image")
+    with pytest.raises(ValueError, match=r"pipe\.png' is a file; a folder is needed"):
+        pipe.save_pretrained(tmp_path / "pipe.png")
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    (folder / "transformer").write_text("a file of the user's, named like a component")
+    with pytest.raises(ValueError, match=r"transformer is a file, but this save writes a folder"):
+        pipe.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["transformer"]
+    assert (folder / "transformer").read_text() == "a file of the user's, named like a component"
+    assert (tmp_path / "pipe.png").read_bytes() == b"an image"
 
 
 def test_save_with_push_to_hub_uploads_the_saved_folder(make_flow_pipeline, tmp_path, monkeypatch):

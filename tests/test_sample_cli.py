@@ -3,19 +3,19 @@ random, and bad input."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import flow_pipelines.sample
 from flow_pipelines.sample import _parse_labels, main, run
 from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
+from flow_pipelines.training.publish import PIPELINE_FOLDER
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .cli_support import REPO_ROOT, assert_one_line_error, example_commands, run_command, truncate
 
 
 @pytest.fixture
@@ -62,17 +62,19 @@ def test_random_and_named_labels():
 
 def test_cli_runs_as_a_module(saved_digits_pipeline, tmp_path):
     out = tmp_path / "random.png"
-    command = [sys.executable, "-m", "flow_pipelines.sample", "--model", str(saved_digits_pipeline)]
+    command = ["-m", "flow_pipelines.sample", "--model", str(saved_digits_pipeline)]
     command += ["--class-labels", "-1", "-1", "-1", "--steps", "2", "--batch-size", "2", "--out", str(out)]
-    environment = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    result = subprocess.run(
-        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300
-    )
+    result = run_command(command, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert Image.open(out).height == 2 + 3 * 66
+
+    # A broken model is one line on stderr and exit status 2, from the real command too.
+    truncate(saved_digits_pipeline / "transformer" / "diffusion_pytorch_model.safetensors")
+    result = run_command([*command[:-1], str(tmp_path / "other.png")], cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(
+        result.stderr, "diffusion_pytorch_model.safetensors is not a readable safetensors file"
+    )
 
 
 def test_cli_reports_bad_input_in_one_line(saved_digits_pipeline, tmp_path, capsys):
@@ -108,3 +110,106 @@ def test_cli_rejects_bad_arguments(saved_digits_pipeline, tmp_path):
     with pytest.raises(SystemExit):
         main(["--model", str(saved_digits_pipeline), "--scheduler", "ddim"])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_an_existing_out_is_refused_before_any_work_unless_overwrite(saved_digits_pipeline, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"a grid the user keeps")
+    argv = ["--model", str(saved_digits_pipeline), "--class-labels", "1", "--steps", "2", "--batch-size", "2"]
+    assert run([*argv, "--out", str(out)]) == 2
+    assert_one_line_error(
+        capsys.readouterr().err, f"'{out}' (from --out) exists; pass --overwrite to replace it"
+    )
+    assert out.read_bytes() == b"a grid the user keeps"
+
+    assert run([*argv, "--out", str(tmp_path / "grid.xyz")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "grid.xyz' has no image suffix to write; allowed: .png")
+
+    assert run([*argv, "--out", str(out), "--overwrite"]) == 0
+    assert capsys.readouterr().out.startswith(f"replaced {out}: 1 classes x 2 images")
+    assert Image.open(out).height == 2 + 66
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "grid.png"]
+
+
+def test_a_failed_grid_write_keeps_the_previous_file(saved_digits_pipeline, tmp_path, monkeypatch):
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"the previous grid")
+
+    def half_written(image, target, *args, **kwargs):
+        (target if hasattr(target, "write") else open(target, "wb")).write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_written)
+    argv = ["--model", str(saved_digits_pipeline), "--class-labels", "1", "--steps", "2", "--batch-size", "1"]
+    with pytest.raises(OSError, match="No space left"):
+        main([*argv, "--out", str(out), "--overwrite"])
+    assert out.read_bytes() == b"the previous grid"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "grid.png"]
+
+
+def test_the_grid_gets_ordinary_permissions(saved_digits_pipeline, tmp_path, umask):
+    out = tmp_path / "grids" / "grid.png"
+    main(
+        [
+            "--model",
+            str(saved_digits_pipeline),
+            "--class-labels",
+            "1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert oct(stat.S_IMODE(out.stat().st_mode)) == "0o644"
+
+
+@pytest.mark.parametrize(
+    ("breakage", "fragments"),
+    [
+        ("missing", ["--model", "is no folder here, and loading it as a Hub repo id failed"]),
+        ("empty", ["is not a saved pipeline", "model_index.json is missing"]),
+        ("file", ["is a file; allowed: a folder written by FlowPipeline.save_pretrained or a Hub repo id"]),
+        ("truncated", ["diffusion_pytorch_model.safetensors is not a readable safetensors file (truncated"]),
+        ("json", ["config.json (the transformer configuration) is not valid JSON"]),
+    ],
+)
+def test_unusable_models_end_in_one_line(saved_digits_pipeline, tmp_path, capsys, breakage, fragments):
+    model = {
+        "missing": tmp_path / "no" / "such" / "folder",
+        "empty": tmp_path / "empty",
+        "file": tmp_path / "model.safetensors",
+        "truncated": saved_digits_pipeline,
+        "json": saved_digits_pipeline,
+    }[breakage]
+    if breakage == "empty":
+        model.mkdir()
+    elif breakage == "file":
+        model.write_bytes(b"weights")
+    elif breakage == "truncated":
+        truncate(model / "transformer" / "diffusion_pytorch_model.safetensors")
+    elif breakage == "json":
+        (model / "transformer" / "config.json").write_text('{"sample_size": 8,')
+    capsys.readouterr()
+    assert run(["--model", str(model), "--out", str(tmp_path / "x.png")]) == 2
+    assert_one_line_error(capsys.readouterr().err, *fragments)
+    assert not (tmp_path / "x.png").exists()
+    assert run(["--model", "someone/not-cached", "--out", str(tmp_path / "x.png")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "'someone/not-cached' is no folder here")
+
+
+def test_the_docstring_example_runs_as_written(make_flow_pipeline, tmp_path, monkeypatch, capsys):
+    (example,) = example_commands(flow_pipelines.sample.__doc__, "python -m flow_pipelines.sample")
+    model = example[example.index("--model") + 1]
+    # The folder the training command leaves (README's quickstart says so too).
+    assert (
+        model == f"outputs/digits/{PIPELINE_FOLDER}"
+        and f"`{model}/`" in (REPO_ROOT / "README.md").read_text()
+    )
+    monkeypatch.chdir(tmp_path)
+    make_flow_pipeline(id2label="digits").save_pretrained(model)
+    assert main(example) == Path("grid.png")
+    assert Image.open(tmp_path / "grid.png").height == 2 + 3 * 66  # three rows of 8 images
+    assert "3 classes x 8 images, FlowHeunScheduler, 30 steps, guidance 4" in capsys.readouterr().out

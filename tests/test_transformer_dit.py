@@ -128,6 +128,8 @@ def test_input_validation(tiny_model):
         model(torch.randn(1, 3, 8, 8), 10.0, [0])
     with pytest.raises(ValueError, match="timestep has shape"):
         model(torch.randn(2, 4, 8, 8), torch.ones(3), [0, 1])
+    with pytest.raises(ValueError, match=r"timestep has NaN or infinite values \(\[10\.0, nan\]\)"):
+        model(torch.randn(2, 4, 8, 8), torch.tensor([10.0, float("nan")]), [0, 1])
 
 
 @pytest.mark.parametrize(
@@ -139,6 +141,11 @@ def test_input_validation(tiny_model):
         ({"path": "edm"}, "Unknown path 'edm'"),
         ({"prediction_type": "score"}, "prediction_type='score'"),
         ({"patch_size": 0}, "patch_size must be a positive integer"),
+        ({"sample_size": 9, "patch_size": 2}, r"sample_size=9 is not divisible by patch_size=2"),
+        ({"mlp_ratio": float("nan")}, r"mlp_ratio=nan is not allowed; allowed: a finite number > 0"),
+        ({"norm_eps": 0.0}, r"norm_eps=0\.0 is not allowed; allowed: a finite number > 0"),
+        ({"mlp_norm_eps": -1e-5}, r"mlp_norm_eps=-1e-05 is not allowed"),
+        ({"pos_embed": "rope", "rope_theta": float("inf")}, r"rope_theta=inf is not allowed"),
         (
             {"hidden_size": 24, "num_attention_heads": 4, "pos_embed": "rope"},
             "head dimension.*divisible by 4",

@@ -5,9 +5,10 @@ Three sources are supported:
 - ``"dit"``: the ``.pt`` state dicts of facebookresearch/DiT (an epsilon model on the DDPM
   variance-preserving path, 1000 integer steps, learned variance in the second half of its output
   channels).
-- ``"sit"``: the ``.pt`` state dicts of willisma/SiT (linear path ``x_t = t x0 + (1 - t) noise``, time
-  ``t`` in [0, 1] with noise at ``t = 0``, output ``x0 - noise``). SiT's unused learned-sigma output
-  channels are dropped.
+- ``"sit"``: the ``.pt`` state dicts of willisma/SiT (time ``t`` in [0, 1] with noise at ``t = 0``; by
+  default the linear path ``x_t = t x0 + (1 - t) noise`` and the velocity ``x0 - noise``). A training
+  checkpoint's args say which path (``Linear``, ``GVP``, ``VP``) and prediction (``velocity``, ``noise``) it was
+  trained for; a ``score`` model is refused. SiT's unused learned-sigma output channels are dropped.
 - ``"diffusers"``: a folder saved by diffusers' ``DiTTransformer2DModel`` (or a pipeline folder with a
   ``transformer`` subfolder). Its per-block timestep/label embedders must all be equal (they are, for
   weights converted from the original DiT); block 0's become the single embedder. diffusers' timestep
@@ -21,9 +22,20 @@ path of DDPM's linear betas (:data:`DDPM_PATH_KWARGS`) at ``t * 1000``, SiT weig
 reversed linear path at ``t`` itself. `FlowPipeline` then samples any of them with every flow scheduler
 through :class:`~flow_pipelines.guidance.GuidedVelocity`.
 
+What the checkpoint itself says decides, and contradictions are refused rather than converted (see
+:mod:`~flow_pipelines.models.original_checkpoints`): a DiT / SiT training checkpoint (``{"model", "ema", "opt",
+"args"}``) whose args name the other repository is refused, SiT's args choose the path and prediction, and a
+label table without the null class's row (a model trained without label dropout, which classifier-free
+guidance cannot use) is refused. A plain state dict carries no args: it is converted as ``source`` says (SiT:
+linear path, velocity), and the log says so.
+
 Original checkpoints are read with ``torch.load(..., weights_only=True)``; no arbitrary object is
 ever unpickled. The architecture is inferred from tensor shapes; the head count, which shapes do not
-determine, comes from a preset, an explicit argument or the paper's width-to-heads table.
+determine, comes from a preset, an explicit argument, the checkpoint's ``args.model`` or the paper's
+width-to-heads table.
+
+:func:`convert_checkpoint` writes only the model's own files (``config.json`` and the weights) into the output
+folder, each replaced atomically; nothing else there is touched.
 """
 
 from __future__ import annotations
@@ -32,65 +44,41 @@ import argparse
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
-from ..file_utils import atomic_directory
-from ..paths import VPPath
+from ..file_utils import atomic_update, is_weights_file
 from .embeddings import sincos_2d_positions
-from .transformer_dit import DIT_PRESETS, DiTModel
+from .original_checkpoints import (
+    DDPM_PATH_KWARGS,
+    TIME_CONVENTIONS,
+    convention_config,
+    label_classes,
+    load_original_checkpoint,
+    load_original_state_dict,
+    preset_dims,
+    preset_from_settings,
+    training_convention,
+    unpack_checkpoint,
+)
+from .transformer_dit import DiTModel
+
+__all__ = [
+    "DDPM_PATH_KWARGS",
+    "SOURCES",
+    "TIME_CONVENTIONS",
+    "convention_config",
+    "convert_checkpoint",
+    "convert_diffusers_dit",
+    "convert_original_checkpoint",
+    "convert_original_state_dict",
+    "load_original_checkpoint",
+    "load_original_state_dict",
+]
 
 SOURCES: tuple[str, ...] = ("dit", "sit", "diffusers")
-
-# The original DiT (and diffusers' DiT pipelines) train on DDPM's linear betas 1e-4 ... 0.02 over 1000 steps.
-DDPM_PATH_KWARGS: dict[str, float] = VPPath.from_ddpm_betas(1e-4, 0.02, 1000).kwargs
-"""VP path parameters (``beta_min``, ``beta_max``) recorded in the config of converted DDPM checkpoints."""
-
-TIME_CONVENTIONS: dict[str, dict[str, Any]] = {
-    "ddpm": {
-        "path": "vp",
-        "path_kwargs": DDPM_PATH_KWARGS,
-        "num_train_timesteps": 1000,
-        "prediction_type": "epsilon",
-    },
-    "flow": {
-        "path": "linear",
-        "path_kwargs": None,
-        "num_train_timesteps": 1000,
-        "prediction_type": "velocity",
-    },
-    "sit": {
-        "path": "linear",
-        "path_kwargs": {"reverse_time": True},
-        "num_train_timesteps": 1,
-        "prediction_type": "velocity",
-    },
-}
-"""What a checkpoint's training convention means in a `DiTModel` config: its path, time scale and prediction."""
-
-
-def convention_config(time_convention: str) -> dict[str, Any]:
-    """The config keys that express a training convention (a copy, safe to modify).
-
-    Args:
-        time_convention: ``"ddpm"``, ``"flow"`` or ``"sit"``.
-
-    Returns:
-        ``path``, ``path_kwargs``, ``num_train_timesteps`` and ``prediction_type``.
-
-    Raises:
-        ValueError: For an unknown convention.
-    """
-    if time_convention not in TIME_CONVENTIONS:
-        raise ValueError(
-            f"time_convention={time_convention!r} is not supported; allowed: {', '.join(TIME_CONVENTIONS)}."
-        )
-    config = dict(TIME_CONVENTIONS[time_convention])
-    config["path_kwargs"] = dict(config["path_kwargs"]) if config["path_kwargs"] else None
-    return config
-
 
 # Heads of the DiT paper's widths; used when neither a preset nor a head count is given.
 _HEADS_BY_WIDTH: dict[int, int] = {384: 6, 768: 12, 1024: 16, 1152: 16}
@@ -142,62 +130,12 @@ _DIFFUSERS_EMBEDDER_KEYS: dict[str, str] = {
 }
 
 
-def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a DiT / SiT checkpoint without unpickling arbitrary objects.
-
-    Accepts a plain state dict (``.pt`` / ``.pth`` / ``.bin`` via ``torch.load(weights_only=True)``, or
-    ``.safetensors``) and training checkpoints holding ``{"model", "ema", "opt", "args"}``, whose EMA
-    weights are taken (``args``, an ``argparse.Namespace``, is the one non-tensor type allowed).
-
-    Args:
-        path: The checkpoint file.
-
-    Returns:
-        The model's state dict.
-
-    Raises:
-        ValueError: If the file does not exist or holds no recognisable state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} is not a file.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(checkpoint, Mapping):
-        for key in ("ema", "model", "state_dict"):
-            if key in checkpoint and isinstance(checkpoint[key], Mapping):
-                checkpoint = checkpoint[key]
-                break
-    if not isinstance(checkpoint, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in checkpoint.values()
-    ):
-        raise ValueError(
-            f"{str(path)!r} holds no state dict of tensors (nor an 'ema' / 'model' entry with one)."
-        )
-    # Checkpoints saved from a DistributedDataParallel wrapper prefix every key with "module.".
-    return {key.removeprefix("module."): value for key, value in checkpoint.items()}
-
-
-def _preset_dims(preset: str) -> dict[str, int]:
-    """Width, depth, heads and patch of a preset; ``SiT-*`` names are accepted as aliases of ``DiT-*``."""
-    name = re.sub(r"^SiT-", "DiT-", preset)
-    if name not in DIT_PRESETS:
-        raise ValueError(
-            f"Unknown preset {preset!r}; known presets: {', '.join(DIT_PRESETS)} (or SiT-* aliases)."
-        )
-    return DIT_PRESETS[name]
-
-
 def _resolve_heads(
     hidden_size: int, num_layers: int, patch_size: int, preset: str | None, num_attention_heads: int | None
 ) -> int:
     """The head count: from the preset (checked against the shapes), the argument, or the paper's table."""
     if preset is not None:
-        dims = _preset_dims(preset)
+        dims = preset_dims(preset)
         found = {"hidden_size": hidden_size, "num_layers": num_layers, "patch_size": patch_size}
         mismatched = {key: (dims[key], value) for key, value in found.items() if dims[key] != value}
         if mismatched:
@@ -238,13 +176,14 @@ def convert_original_state_dict(
     source: str,
     preset: str | None = None,
     num_attention_heads: int | None = None,
+    training_args: Mapping[str, Any] | argparse.Namespace | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Map a facebookresearch/DiT or willisma/SiT state dict onto ``DiTModel``'s config and keys.
 
     The config is inferred from tensor shapes (width, depth, patch, channels, classes, sample size from
-    ``pos_embed``, MLP ratio, timestep feature width). The stored ``pos_embed`` must equal the fixed
-    sin-cos table ``DiTModel`` computes. For ``"sit"`` the learned-sigma half of the output layer, which
-    SiT's forward discards, is dropped.
+    ``pos_embed``, MLP ratio, timestep feature width) and from the training args where given. The stored
+    ``pos_embed`` must equal the fixed sin-cos table ``DiTModel`` computes. For ``"sit"`` the learned-sigma half
+    of the output layer, which SiT's forward discards, is dropped.
 
     Args:
         state_dict: The original model's state dict.
@@ -252,16 +191,26 @@ def convert_original_state_dict(
         preset: Optional preset name (``"DiT-XL/2"``, ``"SiT-XL/2"`` …) to check the shapes against and
             take the head count from.
         num_attention_heads: Head count, when no preset is given and the width is not a paper width.
+        training_args: The checkpoint's training args (``args`` of a training checkpoint, as a namespace or a
+            dict; see :mod:`~flow_pipelines.models.original_checkpoints`): which repository trained it,
+            SiT's ``path_type`` and ``prediction``, ``num_classes``, ``class_dropout_prob``, ``model``.
 
     Returns:
         ``(config, converted_state_dict)``: keyword arguments for ``DiTModel`` and its weights.
 
     Raises:
-        ValueError: For an unknown source, missing / unexpected keys, shapes that contradict the preset,
-            a non-sin-cos ``pos_embed``, or an undeterminable head count.
+        ValueError: For an unknown source or one the training args contradict, a SiT path or prediction that
+            cannot be converted faithfully (``score``), a label table without a null row or contradicting
+            ``num_classes``, missing / unexpected keys, shapes that contradict the preset, a non-sin-cos
+            ``pos_embed``, or an undeterminable head count.
     """
     if source not in ("dit", "sit"):
         raise ValueError(f"source={source!r} is not an original checkpoint type; allowed: 'dit', 'sit'.")
+    if isinstance(training_args, argparse.Namespace):
+        training_args = vars(training_args)
+    settings = dict(training_args) if training_args else None
+    convention = training_convention(source, settings)
+    preset = preset_from_settings(preset, num_attention_heads, settings)
     keys = list(state_dict)
     missing = [key for key in (*_ORIGINAL_TOP_LEVEL_KEYS, "pos_embed") if key not in state_dict]
     if missing:
@@ -285,7 +234,7 @@ def convert_original_state_dict(
         raise ValueError(f"final_layer.linear has {output_rows} outputs, not a multiple of patch_size**2.")
     out_channels = output_rows // (patch_size * patch_size)
     mlp_hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
-    num_classes = state_dict["y_embedder.embedding_table.weight"].shape[0] - 1
+    num_classes = label_classes(state_dict["y_embedder.embedding_table.weight"].shape[0], settings)
     heads = _resolve_heads(hidden_size, num_layers, patch_size, preset, num_attention_heads)
 
     converted = {ours: state_dict[theirs] for theirs, ours in _ORIGINAL_TOP_LEVEL_KEYS.items()}
@@ -326,7 +275,7 @@ def convert_original_state_dict(
         "timestep_embedding_dim": state_dict["t_embedder.mlp.0.weight"].shape[1],
         "timestep_frequency_shift": 0,
         "norm_eps": 1e-6,
-        **convention_config("sit" if source == "sit" else "ddpm"),
+        **convention,
     }
     return config, converted
 
@@ -352,7 +301,7 @@ def _build(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> DiTMo
 
 
 def convert_original_checkpoint(
-    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+    checkpoint: str | os.PathLike | Mapping[str, Any],
     source: str,
     preset: str | None = None,
     num_attention_heads: int | None = None,
@@ -360,9 +309,11 @@ def convert_original_checkpoint(
     """Convert a facebookresearch/DiT or willisma/SiT checkpoint into a ``DiTModel``.
 
     Args:
-        checkpoint: Path to the ``.pt`` (or ``.safetensors``) file, or an already loaded state dict.
-        source: ``"dit"`` (an epsilon + variance model on the VP path at ``t * 1000``) or ``"sit"`` (a velocity
-            model on the reversed linear path at ``t``).
+        checkpoint: Path to the ``.pt`` (or ``.safetensors``) file, or an already loaded state dict or training
+            checkpoint (``{"model", "ema", "opt", "args"}``; its EMA weights and training args are used).
+        source: ``"dit"`` (an epsilon + variance model on the VP path at ``t * 1000``) or ``"sit"`` (by default a
+            velocity model on the reversed linear path at ``t``; a training checkpoint's args choose the path
+            and prediction).
         preset: Optional preset name to check shapes against and take the head count from.
         num_attention_heads: Head count when no preset is given and the width is not a paper width.
 
@@ -370,10 +321,14 @@ def convert_original_checkpoint(
         The converted model, in eval mode, with the checkpoint's dtype.
 
     Raises:
-        ValueError: See :func:`convert_original_state_dict` and :func:`load_original_state_dict`.
+        ValueError: See :func:`convert_original_state_dict` and
+            :func:`~flow_pipelines.models.original_checkpoints.load_original_checkpoint`.
     """
-    state_dict = checkpoint if isinstance(checkpoint, Mapping) else load_original_state_dict(checkpoint)
-    config, converted = convert_original_state_dict(state_dict, source, preset, num_attention_heads)
+    if isinstance(checkpoint, Mapping):
+        state_dict, settings = unpack_checkpoint(checkpoint)
+    else:
+        state_dict, settings = load_original_checkpoint(checkpoint)
+    config, converted = convert_original_state_dict(state_dict, source, preset, num_attention_heads, settings)
     return _build(config, converted)
 
 
@@ -514,6 +469,34 @@ def _verify_against_diffusers(model: DiTModel, source_model: torch.nn.Module) ->
         )
 
 
+def _top_level_weights(path: PurePosixPath) -> bool:
+    """The weight files a converted model owns in its output folder (stale shards of an earlier one included)."""
+    return len(path.parts) == 1 and is_weights_file(path)
+
+
+def _check_output_dir(source: str, checkpoint: str | os.PathLike, output_dir: Path) -> None:
+    """Refuse an output folder that is a file, or one whose model files would replace the checkpoint itself."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} is an existing file; allowed: a folder, new or existing (only "
+            "config.json and the weights are written into it)."
+        )
+    checkpoint = Path(checkpoint)
+    if source == "diffusers":
+        if checkpoint.is_dir() and output_dir.resolve() == _diffusers_folder(checkpoint).resolve():
+            raise ValueError(
+                f"output_dir={str(output_dir)!r} is the diffusers folder being converted; its config.json and "
+                "weights would be replaced. Write the converted model to another folder."
+            )
+    elif checkpoint.parent.resolve() == output_dir.resolve() and (
+        checkpoint.name == DiTModel.config_name or is_weights_file(checkpoint.name)
+    ):
+        raise ValueError(
+            f"the checkpoint {str(checkpoint)!r} has the name of a file the converted model writes into "
+            f"output_dir={str(output_dir)!r}; it would be replaced. Write the converted model to another folder."
+        )
+
+
 def convert_checkpoint(
     source: str,
     checkpoint: str | os.PathLike,
@@ -523,13 +506,16 @@ def convert_checkpoint(
     time_convention: str | None = None,
     verify: bool = True,
 ) -> DiTModel:
-    """Convert a checkpoint and write it as a safetensors ``DiTModel`` folder, atomically.
+    """Convert a checkpoint and write it into a folder as a safetensors ``DiTModel``.
+
+    Only the model's own files are written (``config.json`` and ``diffusion_pytorch_model.safetensors``), each
+    replaced atomically once the conversion has succeeded; nothing else in ``output_dir`` is touched (the
+    checkpoint itself may live there), except weight shards of an earlier model saved there.
 
     Args:
         source: ``"dit"``, ``"sit"`` or ``"diffusers"``.
         checkpoint: The ``.pt`` file (dit / sit) or the diffusers folder.
-        output_dir: Folder to write (``config.json`` + ``diffusion_pytorch_model.safetensors``); replaced
-            only once the new one is complete.
+        output_dir: The folder to write into, new or existing (``"."`` works).
         preset: Optional preset name (dit / sit) to check shapes against and take the head count from.
         num_attention_heads: Head count (dit / sit) when no preset is given and the width is unusual.
         time_convention: For ``"diffusers"`` only: ``"ddpm"`` (default), ``"flow"`` or ``"sit"``.
@@ -539,22 +525,26 @@ def convert_checkpoint(
         The converted model.
 
     Raises:
-        ValueError: For an unknown source, options that do not apply to it, or an unconvertible checkpoint.
+        ValueError: For an unknown source, options that do not apply to it, an unconvertible checkpoint, an
+            ``output_dir`` that is a file, or one where the model's files would replace the checkpoint.
     """
     if source not in SOURCES:
         raise ValueError(f"source={source!r} is not supported; allowed: {', '.join(SOURCES)}.")
+    output_dir = Path(output_dir)
     if source == "diffusers":
         if preset is not None or num_attention_heads is not None:
             raise ValueError(
                 "preset / num_attention_heads do not apply to diffusers folders (their config has them)."
             )
+        _check_output_dir(source, checkpoint, output_dir)
         model = convert_diffusers_dit(checkpoint, time_convention=time_convention or "ddpm", verify=verify)
     else:
         if time_convention is not None:
             raise ValueError(
                 f"time_convention is fixed by the source for {source!r} checkpoints; do not pass it."
             )
+        _check_output_dir(source, checkpoint, output_dir)
         model = convert_original_checkpoint(checkpoint, source, preset, num_attention_heads)
-    with atomic_directory(output_dir) as staging:
+    with atomic_update(output_dir, superseded=_top_level_weights) as staging:
         model.save_pretrained(staging, safe_serialization=True)
     return model

@@ -19,6 +19,7 @@ carry a learned variance in their second half.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -245,7 +246,8 @@ class DiTModel(ModelMixin, ConfigMixin):
             ``{"reverse_time": true}`` for time running from noise to data (SiT).
 
     Raises:
-        ValueError: For inconsistent sizes or unknown option names.
+        ValueError: For inconsistent sizes (a ``sample_size`` not divisible by ``patch_size``, heads not
+            dividing the width), sizes or epsilons that are not positive and finite, or unknown option names.
     """
 
     _supports_gradient_checkpointing = True
@@ -284,8 +286,16 @@ class DiTModel(ModelMixin, ConfigMixin):
             out_channels = in_channels
             self.register_to_config(out_channels=out_channels)
         _check_positive(self.config, _POSITIVE_INTEGERS)
-        if mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0; got {mlp_ratio}.")
+        if sample_size % patch_size:
+            raise ValueError(
+                f"sample_size={sample_size} is not divisible by patch_size={patch_size}; allowed: a sample size "
+                f"that is a multiple of {patch_size} (the image is cut into patch_size x patch_size patches)."
+            )
+        _check_positive_number("mlp_ratio", mlp_ratio)
+        _check_positive_number("rope_theta", rope_theta)
+        _check_positive_number("norm_eps", norm_eps)
+        if mlp_norm_eps is not None:
+            _check_positive_number("mlp_norm_eps", mlp_norm_eps)
         if hidden_size % num_attention_heads:
             raise ValueError(
                 f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}; "
@@ -456,6 +466,16 @@ class DiTModel(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"timestep has shape {tuple(timestep.shape)}; allowed: a scalar or one value per sample ({batch},)."
             )
+        # Checked where it costs no device sync, as the label range below.
+        if (
+            not torch.compiler.is_compiling()
+            and timestep.device.type == "cpu"
+            and timestep.is_floating_point()
+        ):
+            if not bool(torch.isfinite(timestep).all()):
+                raise ValueError(
+                    f"timestep has NaN or infinite values ({timestep.tolist()}); allowed: finite times."
+                )
         if class_labels is None:
             labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         else:
@@ -505,8 +525,8 @@ class DiTModel(ModelMixin, ConfigMixin):
 
         Raises:
             ValueError: For a wrong input rank or channel count, a size not divisible by the patch size,
-                badly shaped timesteps or labels, or labels outside ``[0, num_classes]`` (checked for CPU
-                labels outside ``torch.compile``).
+                badly shaped timesteps or labels, or NaN / inf timesteps and labels outside ``[0, num_classes]``
+                (both checked for CPU tensors outside ``torch.compile``).
         """
         if hidden_states.ndim != 4:
             raise ValueError(
@@ -551,6 +571,17 @@ class DiTModel(ModelMixin, ConfigMixin):
         if not return_dict:
             return (sample,)
         return Transformer2DModelOutput(sample=sample)
+
+
+def _check_positive_number(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (a NaN or 0 here gives NaN outputs)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name}={value!r} is not allowed; allowed: a finite number > 0.")
 
 
 def _check_positive(config: Mapping[str, Any], names: tuple[str, ...]) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..file_utils import atomic_directory
+from ..file_utils import atomic_update, is_weights_file
 from ..guidance import GuidedVelocity, check_guidance_interval, check_guidance_scale, check_transformer
 from ..models import DiTModel
 from ..paths import PREDICTION_TYPES, STRAIGHT_PATH, AffinePath, check_prediction_type
@@ -24,6 +26,10 @@ from .class_labels import ClassLabels, normalize_id2label, resolve_class_labels
 from .saved_folder import check_saved_pipeline
 
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
+
+MAX_GUIDANCE_SCALE: float = 1000.0
+"""The largest guidance scale a call accepts. Useful scales lie around 1-20; far beyond, ``s * (cond - uncond)``
+only amplifies the difference of two predictions until the latents overflow to inf / NaN (1e30 does)."""
 
 # Defaults of diffusers' FLUX-style resolution-dependent shift, used when a scheduler with
 # `use_dynamic_shifting=True` does not carry them in its config.
@@ -33,6 +39,45 @@ _DYNAMIC_SHIFT_DEFAULTS: dict[str, float] = {
     "base_shift": 0.5,
     "max_shift": 1.15,
 }
+
+
+def check_sampling_guidance_scale(guidance_scale: float) -> float:
+    """Validate the guidance scale of a sampling call: a finite number in ``[0, MAX_GUIDANCE_SCALE]``.
+
+    Args:
+        guidance_scale: ``s`` in ``uncond + s * (cond - uncond)``.
+
+    Returns:
+        The scale as a float.
+
+    Raises:
+        ValueError: If it is not a finite number, is negative, or exceeds :data:`MAX_GUIDANCE_SCALE`.
+    """
+    scale = check_guidance_scale(guidance_scale)
+    if scale > MAX_GUIDANCE_SCALE:
+        raise ValueError(
+            f"guidance_scale={guidance_scale!r} is too large; allowed: a finite number in [0, {MAX_GUIDANCE_SCALE:g}] "
+            "(1 disables guidance, useful scales are about 1-20): far larger scales only amplify the difference of "
+            "two predictions, up to inf / NaN latents."
+        )
+    return scale
+
+
+def _check_finite_numbers(name: str, values: Any, low: float = -math.inf, high: float = math.inf) -> None:
+    """Require a number or a sequence / array / tensor of numbers to be finite and within ``[low, high]``."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={values!r} must be numbers.") from None
+    if not np.isfinite(array).all() or (array < low).any() or (array > high).any():
+        allowed = (
+            "finite numbers"
+            if math.isinf(low) and math.isinf(high)
+            else f"finite numbers in [{low:g}, {high:g}]"
+        )
+        raise ValueError(f"{name}={values!r} is not allowed; allowed: {allowed}.")
 
 
 def _accepted_parameters(function: Callable) -> set[str]:
@@ -127,7 +172,7 @@ class FlowPipeline(DiffusionPipeline):
 
     @guidance_scale.setter
     def guidance_scale(self, value: float) -> None:
-        self._guidance_scale = check_guidance_scale(value)
+        self._guidance_scale = check_sampling_guidance_scale(value)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -236,8 +281,12 @@ class FlowPipeline(DiffusionPipeline):
             or num_inference_steps < 1
         ):
             raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer >= 1.")
-        check_guidance_scale(guidance_scale)
+        check_sampling_guidance_scale(guidance_scale)
         check_guidance_interval(guidance_interval)
+        if sigmas is not None:
+            _check_finite_numbers("sigmas", sigmas, 0.0, 1.0)
+        if mu is not None:
+            _check_finite_numbers("mu", mu)
         batch_size = len(class_ids)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
@@ -251,6 +300,13 @@ class FlowPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"latents has shape {shape}; expected {expected} (one per class label, "
                     f"{expected[1]} channels, {expected[2]}x{expected[3]})."
+                )
+            if not latents.is_floating_point():
+                raise ValueError(f"latents has dtype {latents.dtype}; allowed: a floating-point tensor.")
+            non_finite = int((~torch.isfinite(latents)).sum())
+            if non_finite:
+                raise ValueError(
+                    f"latents has {non_finite} NaN or infinite value(s); allowed: finite values (Gaussian noise)."
                 )
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
@@ -295,6 +351,20 @@ class FlowPipeline(DiffusionPipeline):
             config["max_image_seq_len"] - config["base_image_seq_len"]
         )
         return tokens * slope + config["base_shift"] - slope * config["base_image_seq_len"]
+
+    @staticmethod
+    def _warn_if_not_finite(latents: torch.Tensor) -> None:
+        """Say which samples ended as NaN / inf, rather than return them as images without a word."""
+        bad = (~torch.isfinite(latents)).flatten(1).any(dim=1)
+        if bool(bad.any()):
+            indices = bad.nonzero().flatten().tolist()
+            warnings.warn(
+                f"{len(indices)} of {len(bad)} samples are not finite (NaN / inf) after sampling: index "
+                f"{', '.join(map(str, indices[:10]))}{' ...' if len(indices) > 10 else ''}. Latents or a guidance "
+                "scale changed by a step callback, or a transformer run in too low a precision, make this happen.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _decode(self, latents: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list:
         if output_type == "latent":
@@ -360,10 +430,14 @@ class FlowPipeline(DiffusionPipeline):
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` if ``return_dict`` is False.
 
         Raises:
-            ValueError: Before any work, for an unknown class name, a label out of range, a negative
-                guidance scale, fewer than one step, latents of the wrong shape, a non-flow scheduler, a scheduler
-                whose prediction type is singular on its own grid (epsilon at sigma = 1), or a transformer path
-                whose ``a + b`` vanishes at a noise level of the sampling grid.
+            ValueError: Before any work, for an unknown class name, a label out of range, a guidance scale that
+                is negative, not finite or above `MAX_GUIDANCE_SCALE`, fewer than one step, latents of the wrong
+                shape or with NaN / inf values, sigmas outside [0, 1] or a non-finite mu, a non-flow scheduler,
+                a scheduler whose prediction type is singular on its own grid (epsilon at sigma = 1), or a
+                transformer path whose ``a + b`` vanishes at a noise level of the sampling grid.
+
+        Warns:
+            RuntimeWarning: Naming the samples that ended NaN or infinite (the finite ones are returned as usual).
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -446,6 +520,7 @@ class FlowPipeline(DiffusionPipeline):
                     latents = callback_outputs.pop("latents", latents).to(device=device, dtype=work_dtype)
                 progress_bar.update()
 
+        self._warn_if_not_finite(latents)
         images = self._decode(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -462,14 +537,19 @@ class FlowPipeline(DiffusionPipeline):
         push_to_hub: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Save the pipeline to a folder atomically: it is written aside and renamed into place.
+        """Save the pipeline into a folder, replacing only what it writes, each part atomically.
 
-        A failure part-way leaves an existing folder at ``save_directory`` untouched. The folder's
-        ``model_index.json`` names ``flow_pipelines`` as the library of this package's components, and
-        ``id2label`` is kept in it.
+        The pipeline is first written completely aside (a hidden folder inside ``save_directory``); nothing in
+        ``save_directory`` changes if that fails. Then each component folder it owns (``transformer/``,
+        ``scheduler/``, ``vae/``) replaces the previous one as a whole, and ``model_index.json`` is replaced
+        last, by a rename: no half-written file or component is ever visible, and a failure part-way leaves
+        every file in place complete. Files of the user's are kept, beside the components and inside them;
+        only weight files of an earlier save of the same variant (stale shards) are dropped with their
+        component. The folder's ``model_index.json`` names ``flow_pipelines`` as the library of this package's
+        components, and ``id2label`` is kept in it.
 
         Args:
-            save_directory: The folder to create or replace.
+            save_directory: The folder to create or update (``"."`` works).
             safe_serialization: Must be True: weights are written as safetensors only.
             variant: Weight file variant, e.g. ``"fp16"`` (``diffusion_pytorch_model.fp16.safetensors``).
             max_shard_size: Largest weight file before sharding (diffusers' default if None).
@@ -478,15 +558,25 @@ class FlowPipeline(DiffusionPipeline):
                 ``private``, ``commit_message``; anything else goes to ``DiffusionPipeline.save_pretrained``.
 
         Raises:
-            ValueError: If ``safe_serialization`` is False.
+            ValueError: If ``safe_serialization`` is False, ``save_directory`` is a file, or one of the names the
+                pipeline writes (a component folder, ``model_index.json``) is taken there by an entry of the
+                other kind.
         """
         if not safe_serialization:
             raise ValueError(
                 "safe_serialization=False is not supported: weights are saved as safetensors only."
             )
+        save_directory = Path(save_directory)
+        if save_directory.exists() and not save_directory.is_dir():
+            raise ValueError(f"save_directory={str(save_directory)!r} is a file; a folder is needed.")
         hub_options = {k: kwargs.pop(k) for k in ("token", "private", "commit_message") if k in kwargs}
         repo_id = kwargs.pop("repo_id", None)
-        with atomic_directory(save_directory) as staging:
+
+        def stale_weights(path: PurePosixPath) -> bool:
+            # Weight files inside a component folder, of the variant being written; never top-level files.
+            return len(path.parts) == 2 and is_weights_file(path, variant)
+
+        with atomic_update(save_directory, superseded=stale_weights) as staging:
             super().save_pretrained(
                 staging,
                 safe_serialization=True,
@@ -498,7 +588,7 @@ class FlowPipeline(DiffusionPipeline):
         if push_to_hub:
             from ..hub import push_pipeline_to_hub
 
-            push_pipeline_to_hub(save_directory, repo_id or Path(save_directory).name, **hub_options)
+            push_pipeline_to_hub(save_directory, repo_id or save_directory.resolve().name, **hub_options)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> FlowPipeline:
