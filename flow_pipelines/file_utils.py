@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 # diffusers' weight file names (``diffusers.utils.SAFETENSORS_WEIGHTS_NAME`` and its index), with the variant
 # before the last suffix as diffusers' ``_add_variant`` puts it.
@@ -337,6 +338,21 @@ def atomic_file(target: str | os.PathLike, overwrite: bool = True) -> Iterator[B
             os.replace(staging, target)
         else:
             _publish_new_file(staging, target)
+
+
+def write_json(target: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically (:func:`atomic_file`).
+
+    Args:
+        target: The file to create or replace.
+        data: Anything ``json.dumps`` takes.
+
+    Returns:
+        The path written.
+    """
+    with atomic_file(target) as handle:
+        handle.write(json.dumps(data, indent=2).encode("utf-8"))
+    return Path(target)
 
 
 def _publish_new_file(staging: Path, target: Path) -> None:

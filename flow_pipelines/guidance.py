@@ -166,8 +166,15 @@ class GuidedVelocity:
             The :class:`~flow_pipelines.paths.PathPoint`.
 
         Raises:
-            ValueError: If the path's ``a + b`` vanishes there.
+            ValueError: If the path's ``a + b`` vanishes there, or the model's prediction says nothing about the
+                velocity there (an epsilon prediction where the path reaches pure noise).
         """
+        if not isinstance(sigma, torch.Tensor) and self.path.is_singular(sigma, self.prediction_type):
+            raise ValueError(
+                f"The transformer predicts {self.prediction_type!r} on {self.path!r}, which says nothing about the "
+                f"data at sigma={sigma:g} (pure noise), where the sampling grid starts; pass sigmas that start "
+                "below it (e.g. sigmas=[0.995, ...]), or use a model predicting the velocity or the sample."
+            )
         return self.path.at_sigma(sigma, self.num_train_timesteps)
 
     def _labels(self, batch: int, device: torch.device) -> torch.Tensor:

@@ -250,3 +250,15 @@ def test_a_learned_variance_half_is_dropped_and_other_layouts_are_rejected(make_
     odd = DiTModel(**small, out_channels=3)
     with pytest.raises(ValueError, match="in_channels=2 but out_channels=3; .* must be 2 \\(or 4"):
         FlowPipeline(transformer=odd, scheduler=FlowEulerScheduler())
+
+
+def test_a_prediction_that_says_nothing_where_the_grid_starts_is_refused_before_any_call(make_dit) -> None:
+    pipe = FlowPipeline(transformer=make_dit(prediction_type="epsilon"), scheduler=FlowEulerScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(
+        ValueError, match="predicts 'epsilon' on LinearPath\\(\\), which says nothing .* sigma=1"
+    ):
+        pipe([1], num_inference_steps=4)
+    # Started below pure noise, the same model samples.
+    images = pipe([1], sigmas=[0.99, 0.6, 0.3], output_type="pt").images
+    assert torch.isfinite(images).all()

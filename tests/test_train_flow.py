@@ -243,26 +243,30 @@ def test_ema_weights_are_what_the_pipeline_saves(train_flow, tmp_path: Path) -> 
     assert max_difference(saved, weights(tmp_path / "checkpoint-4" / "transformer")) > 1e-6
 
 
-@pytest.mark.parametrize(("prediction_type", "loss_target"), [("epsilon", "velocity"), ("sample", "sample")])
+@pytest.mark.parametrize(
+    ("prediction_type", "loss_target", "path"),
+    [("epsilon", "velocity", "vp"), ("sample", "sample", "linear"), ("velocity", "epsilon", "linear")],
+)
 def test_prediction_type_is_stored_for_sampling(
-    train_flow, tmp_path: Path, prediction_type: str, loss_target: str
+    train_flow, tmp_path: Path, prediction_type: str, loss_target: str, path: str
 ) -> None:
-    run(
-        train_flow,
-        tmp_path,
-        "--max_train_steps",
-        "2",
-        "--prediction_type",
-        prediction_type,
-        "--loss_target",
-        loss_target,
-    )
+    flags = ("--prediction_type", prediction_type, "--loss_target", loss_target, "--path", path)
+    run(train_flow, tmp_path, "--max_train_steps", "2", *flags)
     pipeline = FlowPipeline.from_pretrained(tmp_path / "pipeline")
     assert pipeline.transformer.config.prediction_type == prediction_type
     # The model's config alone says what it predicts; the saved scheduler is handed velocities.
     assert pipeline.scheduler.config.prediction_type == "velocity"
     images = pipeline(class_labels=[3], num_inference_steps=2, output_type="np").images
     assert images.shape == (1, 8, 8, 1) and np.isfinite(images).all()
+
+
+def test_a_model_that_could_not_be_sampled_from_pure_noise_is_refused_before_training(train_flow) -> None:
+    # An epsilon prediction says nothing about the data where the path reaches pure noise (sigma = 1).
+    for path in ("linear", "cosine"):
+        with pytest.raises(
+            ValueError, match=f"--prediction_type epsilon on --path {path} could not be sampled"
+        ):
+            train_flow.parse_args(["--prediction_type", "epsilon", "--path", path])
 
 
 def test_overfitting_one_batch_drives_the_loss_to_zero_and_reproduces_it(train_flow, tmp_path: Path) -> None:

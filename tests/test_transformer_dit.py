@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,3 +278,38 @@ def test_timestep_embedding_resolves_fractional_timesteps(tiny_model):
         scalar = model(sample, torch.tensor(250.0), [1]).sample
         torch.testing.assert_close(scalar, model(sample, 250.0, [1]).sample)
         torch.testing.assert_close(scalar, model(sample, torch.tensor([250.0]), torch.tensor([1])).sample)
+
+
+def test_save_pretrained_replaces_only_its_own_files_and_a_failed_save_changes_nothing(
+    make_dit, tmp_path, monkeypatch
+) -> None:
+    import safetensors.torch
+
+    from flow_pipelines import DiTModel
+
+    first, second = make_dit(seed=0), make_dit(seed=1)
+    first.save_pretrained(tmp_path)
+    (tmp_path / "my_notes.md").write_text("mine")
+    saved = (tmp_path / "diffusion_pytorch_model.safetensors").read_bytes()
+
+    def crash(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"half a file")  # as a crash midway through the write leaves it
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        second.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").read_bytes() == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "my_notes.md",
+    ]
+    monkeypatch.undo()
+    second.save_pretrained(tmp_path)
+    assert (tmp_path / "my_notes.md").read_text() == "mine"
+    loaded = DiTModel.from_pretrained(tmp_path)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), second.state_dict().values(), strict=True)
+    )

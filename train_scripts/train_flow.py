@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import logging
 import signal
 import sys
@@ -42,6 +41,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from flow_pipelines.file_utils import write_json
 from flow_pipelines.hub import public_config
 from flow_pipelines.training import (
     architecture,
@@ -267,7 +267,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ema.to(device)
     # ------------------------------------------------------------------ records, resume, what to look at
     if is_main:
-        (output_dir / "training_args.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        write_json(output_dir / "training_args.json", config)
     tracking.start_trackers(accelerator, args, config)
     position = checkpointing.TrainingPosition()
     if resume_from is not None:

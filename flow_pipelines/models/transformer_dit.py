@@ -20,6 +20,7 @@ carry a learned variance in their second half.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,8 +31,10 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..file_utils import atomic_update, is_weights_file
 from ..paths import check_prediction_type, get_path
-from .embeddings import LabelEmbedder, TimestepEmbedder, apply_rope, rope_2d_frequencies, sincos_2d_positions
+from .dit_layers import DiTBlock, FinalLayer
+from .embeddings import LabelEmbedder, TimestepEmbedder, rope_2d_frequencies, sincos_2d_positions
 
 POS_EMBED_TYPES: tuple[str, ...] = ("sincos", "rope")
 QK_NORM_TYPES: tuple[str, ...] = ("rms_norm", "layer_norm")
@@ -63,149 +66,6 @@ DIT_PRESETS: dict[str, dict[str, int]] = {
     for patch in (2, 4, 8)
 }
 """Architecture presets of the DiT paper, ``"DiT-S/2"`` … ``"DiT-XL/8"``: width, depth, heads, patch."""
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square normalisation over the last dimension with a learned scale (computed in float32).
-
-    Args:
-        dim: The normalised width.
-        eps: Added to the mean square.
-    """
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x``; returns a tensor of ``x``'s dtype."""
-        x_float = x.float()
-        x_float = x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x_float * self.weight.float()).to(x.dtype)
-
-
-class DiTAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection, optional q/k norm and optional 2-D RoPE.
-
-    Args:
-        hidden_size: Token width.
-        num_heads: Number of heads (must divide ``hidden_size``).
-        qk_norm: ``None``, ``"rms_norm"`` or ``"layer_norm"``: per-head normalisation of queries and keys.
-        eps: Epsilon of the q/k norms.
-    """
-
-    def __init__(
-        self, hidden_size: int, num_heads: int, qk_norm: str | None = None, eps: float = 1e-6
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
-        if qk_norm is None:
-            self.norm_q = self.norm_k = None
-        elif qk_norm == "rms_norm":
-            self.norm_q, self.norm_k = RMSNorm(self.head_dim, eps), RMSNorm(self.head_dim, eps)
-        else:
-            self.norm_q = nn.LayerNorm(self.head_dim, eps=eps)
-            self.norm_k = nn.LayerNorm(self.head_dim, eps=eps)
-
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend over the tokens of ``x`` ``(batch, tokens, hidden)``; ``rope`` from :func:`rope_2d_frequencies`."""
-        batch, tokens, width = x.shape
-        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)
-        if self.norm_q is not None:
-            query, key = self.norm_q(query), self.norm_k(key)
-        if rope is not None:
-            query, key = apply_rope(query, rope), apply_rope(key, rope)
-        out = F.scaled_dot_product_attention(query, key, value)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
-
-
-class DiTMLP(nn.Module):
-    """Two-layer feed-forward network with tanh-approximated GELU, as in DiT.
-
-    Args:
-        hidden_size: Token width.
-        mlp_hidden_size: Inner width.
-    """
-
-    def __init__(self, hidden_size: int, mlp_hidden_size: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, mlp_hidden_size)
-        self.fc2 = nn.Linear(mlp_hidden_size, hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the MLP token-wise."""
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
-def _modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    # normed * (1 + scale) + shift in one kernel.
-    return torch.addcmul(shift, normed, 1 + scale)
-
-
-class DiTBlock(nn.Module):
-    """Transformer block with adaLN-Zero: ``c`` gives shift, scale and gate for attention and MLP.
-
-    Args:
-        hidden_size: Token width.
-        num_heads: Attention heads.
-        mlp_ratio: MLP inner width over ``hidden_size``.
-        qk_norm: Optional q/k normalisation, see :class:`DiTAttention`.
-        norm_eps: Epsilon of the pre-attention LayerNorm (and of the q/k norms).
-        mlp_norm_eps: Epsilon of the pre-MLP LayerNorm.
-    """
-
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qk_norm: str | None = None,
-        norm_eps: float = 1e-6,
-        mlp_norm_eps: float = 1e-6,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        self.attn = DiTAttention(hidden_size, num_heads, qk_norm=qk_norm, eps=norm_eps)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
-        self.mlp = DiTMLP(hidden_size, int(hidden_size * mlp_ratio))
-        self.modulation = nn.Linear(hidden_size, 6 * hidden_size)
-
-    def forward(
-        self, x: torch.Tensor, activated_condition: torch.Tensor, rope: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Update tokens ``x`` ``(batch, tokens, hidden)`` given ``silu(c)`` ``(batch, hidden)``."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.modulation(activated_condition).unsqueeze(1).chunk(6, dim=-1)
-        )
-        x = torch.addcmul(x, gate_msa, self.attn(_modulate(self.norm1(x), shift_msa, scale_msa), rope))
-        return torch.addcmul(x, gate_mlp, self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp)))
-
-
-class FinalLayer(nn.Module):
-    """adaLN (shift and scale from ``c``) followed by the linear map to patch pixels.
-
-    Args:
-        hidden_size: Token width.
-        patch_size: Patch side.
-        out_channels: Output channels per pixel.
-        eps: LayerNorm epsilon.
-    """
-
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=eps)
-        self.modulation = nn.Linear(hidden_size, 2 * hidden_size)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-
-    def forward(self, x: torch.Tensor, activated_condition: torch.Tensor) -> torch.Tensor:
-        """Map tokens ``(batch, tokens, hidden)`` to ``(batch, tokens, patch * patch * out_channels)``."""
-        shift, scale = self.modulation(activated_condition).unsqueeze(1).chunk(2, dim=-1)
-        return self.linear(_modulate(self.norm(x), shift, scale))
 
 
 class DiTModel(ModelMixin, ConfigMixin):
@@ -394,6 +254,36 @@ class DiTModel(ModelMixin, ConfigMixin):
         if config_dict.pop("time_convention", None) == "sit":
             config_dict.update(path="linear", path_kwargs={"reverse_time": True}, num_train_timesteps=1)
         return super().extract_init_dict(config_dict, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str = "10GB",
+        **kwargs: Any,
+    ) -> None:
+        """diffusers' ``save_pretrained``, atomically: each file appears whole or not at all, the user's stay.
+
+        The model is written into a staging folder and each file renamed into place
+        (:func:`~flow_pipelines.file_utils.atomic_update`); stale weight files of the same variant are replaced,
+        other files in the folder are kept. The parameters diffusers' pipelines look for in the signature
+        (``safe_serialization``, ``variant``, ``max_shard_size``) are named here.
+
+        Args:
+            save_directory: The folder to write.
+            safe_serialization: Write safetensors (False: ``.bin``, as diffusers does).
+            variant: Weight file variant, e.g. ``"fp16"``.
+            max_shard_size: Largest weight file before sharding.
+            **kwargs: Anything else ``ModelMixin.save_pretrained`` takes.
+        """
+        settings = {
+            "safe_serialization": safe_serialization,
+            "variant": variant,
+            "max_shard_size": max_shard_size,
+        }
+        with atomic_update(save_directory, lambda path: is_weights_file(path, variant)) as staging:
+            super().save_pretrained(staging, **settings, **kwargs)
 
     @staticmethod
     def presets() -> list[str]:

@@ -382,10 +382,18 @@ def objective_from_args(args: argparse.Namespace, num_train_timesteps: int = 100
     """
     if not 0.0 <= args.label_dropout <= 1.0:
         raise ValueError(f"--label_dropout={args.label_dropout} must lie in [0, 1].")
+    path = path_from_args(args)
+    if path.is_singular(1.0, args.prediction_type):
+        # Sampling starts at pure noise, where such a model's output determines nothing: it could not be sampled.
+        raise ValueError(
+            f"--prediction_type {args.prediction_type} on --path {args.path} could not be sampled from pure noise "
+            "(it says nothing about the data at sigma = 1). Use --path vp, or --prediction_type velocity or sample "
+            f"with --loss_target {args.prediction_type} to train with that loss."
+        )
     return settings_from_args(
         FlowMatchingObjective,
         args,
         loss_target=args.loss_target or args.prediction_type,
         num_train_timesteps=num_train_timesteps,
-        path=path_from_args(args),
+        path=path,
     )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from ..evaluation.digits import evaluate_digit_pipeline
-from ..file_utils import atomic_directory
+from ..file_utils import atomic_file, write_json
 from ..hub import check_push_access, push_pipeline_to_hub, write_model_card
 from ..pipelines import FlowPipeline
 from ..schedulers import FlowEulerScheduler
@@ -174,8 +173,7 @@ def finish_run(
         summary.update(
             save_result(pipeline, args, accelerator, summary["global_step"], config, dataset_name, on_digits)
         )
-        summary_path = Path(args.output_dir) / "train_summary.json"
-        summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_json(Path(args.output_dir) / "train_summary.json", summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -228,10 +226,10 @@ def save_result(
         )
         result["evaluation"] = evaluation
     result["sampling_seconds"] = time.perf_counter() - start
-    # Weights, configs and grid appear at once; the card is then added to the finished folder.
-    with atomic_directory(pipeline_dir) as staging:
-        pipeline.save_pretrained(staging)
-        grid.save(staging / SAMPLE_GRID_NAME)
+    # Each component, the grid and the card is replaced whole; files of the user's in the folder stay.
+    pipeline.save_pretrained(pipeline_dir)
+    with atomic_file(pipeline_dir / SAMPLE_GRID_NAME) as handle:
+        grid.save(handle, format="PNG")
     write_model_card(
         pipeline_dir,
         training_config=config,

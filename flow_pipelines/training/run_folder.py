@@ -27,6 +27,7 @@ RUN_FILES: tuple[str, ...] = (
 
 # Staging and previous-version folders of file_utils.atomic_directory, named after their target.
 _STAGING = re.compile(r"^\.(checkpoint-\d+|pipeline)\.(tmp|old)-[0-9a-f]+$")
+_PIPELINE_STAGING = re.compile(r"^\.(tmp|[^/]+\.(tmp|old))-[0-9a-f]+$")
 
 
 def earlier_run(output_dir: str | Path) -> list[Path]:
@@ -107,6 +108,12 @@ def prepare_run_folder(output_dir: str | Path, remove: list[Path]) -> list[Path]
         else:
             path.unlink(missing_ok=True)
     stale = [path for path in output_dir.iterdir() if path.is_dir() and _STAGING.match(path.name)]
+    pipeline = output_dir / "pipeline"
+    if pipeline.is_dir():  # file_utils.atomic_update stages inside the folder it updates
+        stale += [path for path in pipeline.iterdir() if _PIPELINE_STAGING.match(path.name)]
     for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return stale

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..evaluation.digits import DigitClassifier, evaluate_digit_pipeline
+from ..file_utils import atomic_file
 from ..images import quantize_images
 from ..visualization import make_labelled_grid
 
@@ -169,7 +170,8 @@ def save_validation_grid(
         )
     folder = Path(args.output_dir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    grid.save(folder / f"step-{step:07d}.png")
+    with atomic_file(folder / f"step-{step:07d}.png") as handle:
+        grid.save(handle, format="PNG")
     log_images(accelerator, grid, step)
 
 
