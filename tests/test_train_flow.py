@@ -827,6 +827,7 @@ def test_user_errors_end_in_one_line_and_exit_status_2(tmp_path: Path) -> None:
     for flags, message in (
         (["--learning_rate", "-1"], "error: --learning_rate=-1.0 must be a positive number."),
         (["--train_data_dir", str(tmp_path / "missing")], "is not a folder"),
+        (["--dataset_name", "someone/unreachable"], "error: "),  # offline: the Hub cannot be reached
     ):
         result = subprocess.run(
             [sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "out"), *TINY, *flags],

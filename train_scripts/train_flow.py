@@ -41,6 +41,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from flow_pipelines.cli_utils import INPUT_ERRORS, USAGE_ERROR_STATUS, one_line
 from flow_pipelines.file_utils import write_json
 from flow_pipelines.hub import public_config
 from flow_pipelines.training import (
@@ -420,9 +421,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     """
     try:
         summary = main(parse_args(argv))
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1 if isinstance(error, FloatingPointError) else 2
+    except (*INPUT_ERRORS, FloatingPointError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1 if isinstance(error, FloatingPointError) else USAGE_ERROR_STATUS
     except KeyboardInterrupt:
         print("error: interrupted before training started; nothing was saved.", file=sys.stderr)
         return 128 + signal.SIGINT
