@@ -3,6 +3,7 @@ naming the file or column."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import datasets
@@ -134,8 +135,14 @@ def test_the_channel_count_comes_from_the_whole_set_not_its_first_image(
             colour = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
             Image.fromarray(colour).save(tmp_path / name / f"{index}.png")
     Image.new("L", (6, 6), color=90).save(tmp_path / "a" / "0.png")  # the first image is grey
-    with caplog.at_level("WARNING", logger="train_flow"):
-        data = prepare_training_data(DataConfig(train_data_dir=str(tmp_path), resolution=6))
+    # A training run earlier in the session stops this logger propagating, so listen on it directly.
+    train_logger = logging.getLogger("train_flow")
+    train_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="train_flow"):
+            data = prepare_training_data(DataConfig(train_data_dir=str(tmp_path), resolution=6))
+    finally:
+        train_logger.removeHandler(caplog.handler)
     assert data.num_channels == 3 and data.dataset.__getitems__([0])["pixels"].shape == (1, 3, 6, 6)
     assert "1 with 1, 7 with 3" in caplog.text and "training with 3 channels" in caplog.text
 
