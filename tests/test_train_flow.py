@@ -31,6 +31,8 @@ from flow_pipelines.training.architecture import DIGITS_MODEL_DEFAULTS, build_mo
 from flow_pipelines.training.batches import trains_on_digits
 from flow_pipelines.training.objectives import path_from_args
 
+from .cli_support import assert_one_line_error
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "train_scripts" / "train_flow.py"
 
@@ -838,3 +840,32 @@ def test_user_errors_end_in_one_line_and_exit_status_2(tmp_path: Path) -> None:
         )
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "asks for FSDP version 1 (fsdp_version: 1)"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED=true)"),
+        (
+            {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
+            "would run this job unsharded (1 process on cpu)",
+        ),
+    ],
+    ids=["fsdp1", "deepspeed", "fsdp2-not-applied"],
+)
+def test_a_launch_the_script_cannot_honour_is_refused_before_any_work(
+    train_flow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, environment: dict, message: str
+) -> None:
+    # What `accelerate launch` passes on from an FSDP1 or a DeepSpeed config, and from an FSDP2 config that
+    # accelerate would not apply (one CPU process): each ends in one line, before the run folder exists.
+    from accelerate.state import AcceleratorState, GradientState
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    status = train_flow.cli(["--output_dir", str(tmp_path / "run"), *TINY, "--max_train_steps", "1"])
+    assert status == 2
+    assert_one_line_error(capsys.readouterr().err, message)
+    assert not (tmp_path / "run").exists()

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from . import scale_out
+
 logger = logging.getLogger("train_flow")
 
 
@@ -67,11 +69,13 @@ def make_accelerator(
         The accelerator.
 
     Raises:
-        ValueError: For fp16 on a CPU, or bf16 on a GPU without it.
+        ValueError: For fp16 on a CPU, or bf16 on a GPU without it; for a launch set-up the script does not honour
+            (DeepSpeed, FSDP1, an FSDP config accelerate would not apply: see :mod:`.scale_out`).
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    scale_out.check_launch_environment(os.environ)
     output_dir = Path(output_dir)
     # `accelerate launch --multi_gpu` on a machine without GPUs starts processes that accelerate would
     # otherwise treat as independent single-process runs: make them one CPU (gloo) job.
@@ -84,6 +88,7 @@ def make_accelerator(
         ),
         cpu=force_cpu,
     )
+    scale_out.check_accelerator(accelerator, os.environ)
     device = accelerator.device
     if accelerator.mixed_precision == "fp16" and device.type == "cpu":
         raise ValueError("--mixed_precision fp16 needs a GPU; this run is on the CPU. Use bf16 or no.")
