@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from . import scale_out
+from .sharding import full_tensor
 
 logger = logging.getLogger("train_flow")
 
@@ -152,6 +153,8 @@ def step_generator(
 def weights_digest(model: torch.nn.Module) -> str:
     """SHA-256 of a model's parameters (to check that all processes hold the same weights).
 
+    A sharded model's tensors are gathered whole first (then every process must call it).
+
     Args:
         model: The model.
 
@@ -161,12 +164,14 @@ def weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(full_tensor(tensor.detach()).float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
 def gather_digests(accelerator: Any, model: torch.nn.Module) -> list[str]:
     """Every process's weight digest, in rank order (identical when data-parallel training stayed in sync).
+
+    Every process must call it; a sharded model's digest is that of its whole, gathered weights.
 
     Args:
         accelerator: The run's accelerator.
