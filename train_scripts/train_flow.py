@@ -376,7 +376,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     global_step,
                     stop.signal_name,
                 )
-                accelerator.end_training()
+                runtime.end_run(accelerator)
                 return {
                     "global_step": global_step,
                     "interrupted": stop.signal_name or "signal",

@@ -14,7 +14,7 @@ from ..hub import check_push_access, push_pipeline_to_hub, write_model_card
 from ..pipelines import FlowPipeline
 from ..schedulers import FlowEulerScheduler
 from .guards import check_finite_weights
-from .runtime import gather_digests
+from .runtime import end_run, gather_digests
 from .sharding import SamplingModel
 from .tracking import log_images
 from .validation import grid_classes, sample_grid
@@ -175,8 +175,7 @@ def finish_run(
             save_result(pipeline, args, accelerator, summary["global_step"], config, dataset_name, on_digits)
         )
         write_json(Path(args.output_dir) / "train_summary.json", summary)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_run(accelerator)
     return summary
 
 

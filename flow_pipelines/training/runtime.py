@@ -186,6 +186,28 @@ def gather_digests(accelerator: Any, model: torch.nn.Module) -> list[str]:
     return [digest] if accelerator.num_processes == 1 else list(gather_object([digest]))
 
 
+_LAST_BARRIER: list[Any] = []
+
+
+def end_run(accelerator: Any) -> None:
+    """Wait for every process, then end the run (trackers, process group); every process calls it last.
+
+    The barrier's handle is kept for the rest of the process. gloo frees a finished collective (and the earlier ones
+    a barrier waited for) on its worker thread, which takes the GIL for the tensors; DDP frees the process group on
+    the main thread at exit without releasing the GIL, and waits for that worker. If the worker had not got the GIL
+    by then, the process hung after its last line (seen now and then with two CPU processes). With the handle kept,
+    the main thread frees the barrier itself.
+
+    Args:
+        accelerator: The run's accelerator.
+    """
+    if accelerator.num_processes > 1 and torch.distributed.is_initialized():
+        barrier = torch.distributed.barrier(async_op=True)
+        barrier.wait()
+        _LAST_BARRIER.append(barrier)
+    accelerator.end_training()
+
+
 class Throughput:
     """Training samples per second, leaving out warm-up steps and the time spent outside training steps.
 
