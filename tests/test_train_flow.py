@@ -688,7 +688,7 @@ def test_two_machines_train_the_weights_of_one_and_resume(two_process_run: Path,
 
 
 def test_fsdp2_on_gloo_shards_checkpoints_resumes_exactly_and_saves_the_ddp_pipeline(
-    two_process_run: Path, tmp_path: Path
+    train_flow, two_process_run: Path, tmp_path: Path
 ) -> None:
     # The README's FSDP2 config on two CPU processes (tests/fsdp2_on_gloo.py makes accelerate apply it there);
     # the training script runs unchanged.
@@ -720,6 +720,10 @@ def test_fsdp2_on_gloo_shards_checkpoints_resumes_exactly_and_saves_the_ddp_pipe
     pipeline = FlowPipeline.from_pretrained(straight / "pipeline")
     images = pipeline(class_labels=[3], num_inference_steps=2, output_type="np").images
     assert images.shape == (1, 8, 8, 1) and np.isfinite(images).all()
+    # Its checkpoints hold the optimizer in slices: an unsharded run refuses to resume them, saying why.
+    with pytest.raises(ValueError, match="written by a sharded \\(FSDP2\\) run, and this is an unsharded"):
+        resume = ["--max_train_steps", "8", "--resume_from_checkpoint", str(straight / "checkpoint-4")]
+        run(train_flow, tmp_path / "unsharded", *TWO_PROCESSES[len(TINY) :], *resume)
 
 
 def test_cli_smoke_single_process(tmp_path: Path) -> None:
