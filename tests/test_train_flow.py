@@ -31,6 +31,8 @@ from flow_pipelines.training.architecture import DIGITS_MODEL_DEFAULTS, build_mo
 from flow_pipelines.training.batches import trains_on_digits
 from flow_pipelines.training.objectives import path_from_args
 
+from .cli_support import assert_one_line_error
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "train_scripts" / "train_flow.py"
 
@@ -83,15 +85,61 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+LAUNCH_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
 def launch(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    port = ["--main_process_port", str(free_port())] if "--multi_gpu" in arguments else []
-    command = [sys.executable, "-m", "accelerate.commands.launch", *port, *arguments]
+    """``accelerate launch ARGUMENTS`` on a free port; the launch must succeed."""
+    environment = {**os.environ, **LAUNCH_ENVIRONMENT}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port())]
     result = subprocess.run(
-        command, capture_output=True, text=True, env=environment, timeout=timeout, cwd=REPO
+        [*command, *arguments], capture_output=True, text=True, env=environment, timeout=timeout, cwd=REPO
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def launch_machines(log_dir: Path, *arguments: str, num_machines: int = 2, timeout: int = 300) -> None:
+    """One ``accelerate launch`` per "machine" (one process each), all on this one, meeting over the loopback.
+
+    The flags are those a user passes on a cluster (``--num_machines``, ``--machine_rank``, ``--main_process_ip``,
+    ``--main_process_port``); each launch's output goes to ``log_dir/machine-<rank>.log``. All must succeed.
+    """
+    port, processes = str(free_port()), []
+    common = ["--multi_gpu", "--num_machines", str(num_machines), "--num_processes", str(num_machines)]
+    common += ["--main_process_ip", "127.0.0.1", "--main_process_port", port, "--mixed_precision", "no"]
+    for rank in range(num_machines):
+        with open(
+            log_dir / f"machine-{rank}.log", "w"
+        ) as log:  # a file, not a pipe: a full pipe stalls a rank
+            command = [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                *common,
+                "--machine_rank",
+                str(rank),
+            ]
+            processes.append(
+                subprocess.Popen(
+                    [*command, "--dynamo_backend", "no", *arguments],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **LAUNCH_ENVIRONMENT},
+                    cwd=REPO,
+                )
+            )
+    try:
+        for process in processes:
+            process.wait(timeout=timeout)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for rank, process in enumerate(processes):
+        log = (log_dir / f"machine-{rank}.log").read_text()
+        assert process.returncode == 0, f"machine {rank}:\n{log[-3000:]}"
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -583,23 +631,99 @@ def test_bad_input_fails_before_training_with_a_clear_message(train_flow, tmp_pa
     assert not list(tmp_path.glob("*/pipeline")) and not list(tmp_path.glob("*/checkpoint-*"))
 
 
-# ----------------------------------------------------------------------------- accelerate launch
-def test_two_processes_stay_in_sync_and_split_each_global_batch(tmp_path: Path) -> None:
-    # 64 examples, 4 per process per step, 2 processes: one epoch is 8 steps of 8 examples.
+# ----------------------------------------------------------------------------- accelerate launch, scale-out
+# 64 examples, 4 per process per step, 2 processes: one epoch is 8 steps of 8 examples; checkpoints at 4 and 8.
+TWO_PROCESSES = [*TINY, "--max_train_samples", "64", "--checkpointing_steps", "4"]
+FSDP2_CONFIG = REPO / "train_scripts" / "accelerate_configs" / "fsdp2.yaml"
+FSDP2_ON_GLOO = REPO / "tests" / "fsdp2_on_gloo.py"
+RESULTS = (
+    "checkpoint-4/transformer",
+    "checkpoint-8/transformer",
+    "checkpoint-8/transformer_ema",
+    "pipeline/transformer",
+)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One machine, two processes (DDP), one epoch: the run the scale-out tests compare with (run once)."""
+    output_dir = tmp_path_factory.mktemp("two_processes")
     launch(
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", str(SCRIPT), "--output_dir", str(tmp_path), *TINY,
-        "--max_train_samples", "64", "--num_train_epochs", "1", "--checkpointing_steps", "8",
+        "--dynamo_backend", "no", str(SCRIPT), "--output_dir", str(output_dir), *TWO_PROCESSES,
+        "--num_train_epochs", "1",
     )  # fmt: skip
-    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    return output_dir
+
+
+def test_two_processes_stay_in_sync_and_split_each_global_batch(two_process_run: Path) -> None:
+    summary = json.loads((two_process_run / "train_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["global_step"] == 8 and summary["samples_seen"] == 64
     digests = summary["weights_digest_per_process"]
     assert len(digests) == 2 and digests[0] == digests[1]
-    log = log_records(tmp_path)
+    log = log_records(two_process_run)
     assert [entry["step_samples"] for entry in log] == [8] * 8
-    checkpoint = tmp_path / "checkpoint-8"
+    checkpoint = two_process_run / "checkpoint-8"
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
-    assert FlowPipeline.from_pretrained(tmp_path / "pipeline").id2label[7] == "7"
+    assert FlowPipeline.from_pretrained(two_process_run / "pipeline").id2label[7] == "7"
+
+
+def test_two_machines_train_the_weights_of_one_and_resume(two_process_run: Path, tmp_path: Path) -> None:
+    # Two "machines" of one process each on the loopback: the first 4 steps, then a resume for the other 4.
+    output_dir = tmp_path / "run"
+    flags = [str(SCRIPT), "--output_dir", str(output_dir), *TWO_PROCESSES]
+    launch_machines(tmp_path, *flags, "--max_train_steps", "4")
+    states = sorted(path.name for path in (output_dir / "checkpoint-4").glob("random_states_*"))
+    assert states == ["random_states_0.pkl", "random_states_1.pkl"]
+    launch_machines(tmp_path, *flags, "--max_train_steps", "8", "--resume_from_checkpoint", "latest")
+    summary = json.loads((output_dir / "train_summary.json").read_text())
+    reference = json.loads((two_process_run / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["samples_seen"] == 64
+    # Bit for bit the one-machine run: weights, EMA, what the pipeline saves, and the losses step by step.
+    assert summary["weights_digest_per_process"] == reference["weights_digest_per_process"]
+    for result in RESULTS:
+        assert max_difference(weights(output_dir / result), weights(two_process_run / result)) == 0.0, result
+    losses = [(entry["step"], entry["loss"]) for entry in log_records(output_dir)]
+    assert losses == [(entry["step"], entry["loss"]) for entry in log_records(two_process_run)]
+
+
+def test_fsdp2_on_gloo_shards_checkpoints_resumes_exactly_and_saves_the_ddp_pipeline(
+    train_flow, two_process_run: Path, tmp_path: Path
+) -> None:
+    # The README's FSDP2 config on two CPU processes (tests/fsdp2_on_gloo.py makes accelerate apply it there);
+    # the training script runs unchanged.
+    def fsdp2(output_dir: Path, *flags: str) -> None:
+        launch(
+            "--config_file", str(FSDP2_CONFIG), "--num_processes", "2", "--mixed_precision", "no",
+            str(FSDP2_ON_GLOO), "--output_dir", str(output_dir), *TWO_PROCESSES, "--max_train_steps", "8", *flags,
+        )  # fmt: skip
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    fsdp2(straight)
+    for step in (4, 8):  # accelerate's model and optimizer slices: a run fallen back to DDP writes neither
+        checkpoint = straight / f"checkpoint-{step}"
+        assert (checkpoint / "pytorch_model_fsdp_0" / ".metadata").is_file(), sorted(checkpoint.iterdir())
+        assert (checkpoint / "optimizer_0" / ".metadata").is_file() and not (
+            checkpoint / "optimizer.bin"
+        ).exists()
+    fsdp2(resumed, "--resume_from_checkpoint", str(straight / "checkpoint-4"))
+    for result in RESULTS[1:]:
+        assert max_difference(weights(straight / result), weights(resumed / result)) == 0.0, result
+    assert [entry["loss"] for entry in log_records(resumed)] == [
+        entry["loss"] for entry in log_records(straight)
+    ][4:]
+    # The DDP run's weights, up to the order of float sums (the gradient norm is summed slice by slice).
+    for result in RESULTS:
+        assert max_difference(weights(straight / result), weights(two_process_run / result)) < 1e-5, result
+    digests = json.loads((straight / "train_summary.json").read_text())["weights_digest_per_process"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    pipeline = FlowPipeline.from_pretrained(straight / "pipeline")
+    images = pipeline(class_labels=[3], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 8, 8, 1) and np.isfinite(images).all()
+    # Its checkpoints hold the optimizer in slices: an unsharded run refuses to resume them, saying why.
+    with pytest.raises(ValueError, match="written by a sharded \\(FSDP2\\) run, and this is an unsharded"):
+        resume = ["--max_train_steps", "8", "--resume_from_checkpoint", str(straight / "checkpoint-4")]
+        run(train_flow, tmp_path / "unsharded", *TWO_PROCESSES[len(TINY) :], *resume)
 
 
 def test_cli_smoke_single_process(tmp_path: Path) -> None:
@@ -838,3 +962,32 @@ def test_user_errors_end_in_one_line_and_exit_status_2(tmp_path: Path) -> None:
         )
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "asks for FSDP version 1 (fsdp_version: 1)"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED=true)"),
+        (
+            {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
+            "would run this job unsharded (1 process on cpu)",
+        ),
+    ],
+    ids=["fsdp1", "deepspeed", "fsdp2-not-applied"],
+)
+def test_a_launch_the_script_cannot_honour_is_refused_before_any_work(
+    train_flow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, environment: dict, message: str
+) -> None:
+    # What `accelerate launch` passes on from an FSDP1 or a DeepSpeed config, and from an FSDP2 config that
+    # accelerate would not apply (one CPU process): each ends in one line, before the run folder exists.
+    from accelerate.state import AcceleratorState, GradientState
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    status = train_flow.cli(["--output_dir", str(tmp_path / "run"), *TINY, "--max_train_steps", "1"])
+    assert status == 2
+    assert_one_line_error(capsys.readouterr().err, message)
+    assert not (tmp_path / "run").exists()

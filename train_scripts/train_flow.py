@@ -55,6 +55,7 @@ from flow_pipelines.training import (
     publish,
     run_folder,
     runtime,
+    sharding,
     tracking,
     validation,
 )
@@ -256,16 +257,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_warmup_steps=args.lr_warmup_steps * num_processes,
         num_training_steps=max_train_steps * num_processes,
     )
-    ema = EMAModel(transformer.parameters(), decay=args.ema_decay, foreach=True) if args.use_ema else None
-    checkpointing.register_checkpoint_hooks(accelerator, transformer, ema)
     if sampler is not None:
         model, optimizer, loader, lr_scheduler = accelerator.prepare(
             transformer, optimizer, loader, lr_scheduler
         )
     else:  # a stream is already split by process: accelerate must not split it again
         model, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
-    if ema is not None:
-        ema.to(device)
+    # FSDP2 shards the model in place: the EMA (sharded alike) and the checkpoint hooks take the prepared weights.
+    transformer = accelerator.unwrap_model(model)
+    ema = EMAModel(transformer.parameters(), decay=args.ema_decay, foreach=True) if args.use_ema else None
+    checkpointing.register_checkpoint_hooks(accelerator, transformer, ema)
     # ------------------------------------------------------------------ records, resume, what to look at
     if is_main:
         write_json(output_dir / "training_args.json", config)
@@ -277,8 +278,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     elif args.resume_from_checkpoint == "latest":
         logger.info("No checkpoint in %s; starting a new run.", output_dir)
     evaluator = validation.TrainingEvaluator.from_args(args, data, on_digits, vae is not None, device)
-    # Samples whatever weights the transformer holds.
-    pipeline = publish.training_pipeline(transformer, args, vae, data.id2label)
+    # Samples the transformer (a whole copy on the main process when it is sharded), with the EMA weights swapped in.
+    sampling = sharding.SamplingModel(accelerator, transformer, ema)
+    pipeline = publish.training_pipeline(sampling.model, args, vae, data.id2label)
     stream = batches.BatchStream(
         loader, sampler, batches_per_epoch, args.train_batch_size * num_processes, device
     )
@@ -374,7 +376,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     global_step,
                     stop.signal_name,
                 )
-                accelerator.end_training()
+                runtime.end_run(accelerator)
                 return {
                     "global_step": global_step,
                     "interrupted": stop.signal_name or "signal",
@@ -385,13 +387,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 and global_step % args.validation_steps == 0
                 and global_step < max_train_steps
             ):
+                sampling_ema = sampling.refresh()  # every process: a sharded model's weights are gathered
                 if is_main:
-                    validation.save_validation_grid(pipeline, ema, args, accelerator, global_step)
+                    validation.save_validation_grid(pipeline, sampling_ema, args, accelerator, global_step)
                 accelerator.wait_for_everyone()
                 throughput.pause()
             if evaluator is not None and global_step % args.eval_steps == 0:
+                sampling_ema = sampling.refresh()
                 if is_main:
-                    with ema_weights(transformer, ema):
+                    with ema_weights(pipeline.transformer, sampling_ema):
                         metrics.log(global_step, evaluator(pipeline, global_step))
                 accelerator.wait_for_everyone()
                 throughput.pause()
@@ -406,7 +410,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     dataset_name = data.description if on_digits else (args.dataset_name or data.description)
     card_config = {**config, "num_parameters": num_parameters}
-    return publish.finish_run(accelerator, args, pipeline, ema, summary, card_config, dataset_name, on_digits)
+    return publish.finish_run(
+        accelerator, args, pipeline, sampling, summary, card_config, dataset_name, on_digits
+    )
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,8 @@
 - ``ema``: the EMA weights, saved beside the model and swapped in for sampling
 - ``checkpointing``: atomic ``checkpoint-<step>`` folders and resuming from them
 - ``runtime``: the accelerator, CPU threads, per-step randomness, throughput, the log file
+- ``scale_out``: which accelerate launch set-ups (DDP on several machines, FSDP2) the script honours
+- ``sharding``: whole weights gathered from an FSDP2-sharded model and its EMA, and sliced back
 - ``tracking``: metrics to ``train_log.jsonl`` and the trackers, images
 - ``validation``: sample grids and the metric of ``--eval_steps``
 - ``publish``: the saved pipeline with its grid, evaluation and model card, and the Hub upload

@@ -19,10 +19,13 @@ from typing import Any
 
 from ..file_utils import atomic_directory
 from .ema import load_ema, save_ema
+from .sharding import full_tensors, is_sharded
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_NAME = "training_state.json"
 RUN_FLAGS_NAME = "training_args.json"
+SHARDED_MODEL_FOLDER = "pytorch_model_fsdp_0"
+"""What accelerate writes for a sharded (FSDP2) model: its slices, in ``torch.distributed.checkpoint`` format."""
 RESUMABLE_FLAGS: frozenset[str] = frozenset(
     {
         # Where and how the run is kept, looked at and published: none of it changes the trajectory.
@@ -148,27 +151,43 @@ def register_checkpoint_hooks(accelerator: Any, model: Any, ema: Any | None) -> 
     """Make ``accelerator.save_state`` / ``load_state`` write and read the model and its EMA as safetensors folders.
 
     ``checkpoint/transformer/`` holds the trained weights and ``checkpoint/transformer_ema/`` the EMA's
-    (see :func:`~flow_pipelines.training.ema.save_ema`); accelerate's own pickled model files are not written.
+    (see :func:`~flow_pipelines.training.ema.save_ema`), whole, written by the main process. Unsharded, accelerate's
+    own pickled model files are not written, and a resume reads the weights from ``transformer/``. Sharded (FSDP2),
+    accelerate also writes and reads the model and optimizer slices itself (``pytorch_model_fsdp_0/``,
+    ``optimizer_0/``); every process then takes part in gathering the safetensors folders' weights.
 
     Args:
         accelerator: The run's accelerator.
-        model: The (unwrapped) trained model, a diffusers ``ModelMixin``.
-        ema: The ``EMAModel``, or None.
+        model: The trained model, unwrapped (``accelerator.unwrap_model``), after ``prepare``.
+        ema: The ``EMAModel``, created after ``prepare``, or None.
     """
+    is_main = accelerator.is_main_process
 
     def save_hook(models: list, weights: list, folder: str) -> None:
-        if accelerator.is_main_process:
-            model.save_pretrained(os.path.join(folder, "transformer"))
+        trained, shadow = model, None
+        if is_sharded(
+            accelerator
+        ):  # every process takes part in the gathers, the main process keeps the result
+            state = accelerator.get_state_dict(model)  # whole, on the main process's CPU (empty elsewhere)
+            if is_main:
+                trained = type(model).from_config(model.config)
+                trained.load_state_dict(state)
             if ema is not None:
-                save_ema(ema, model, os.path.join(folder, "transformer_ema"))
+                shadow = [None if t is None else t.cpu() for t in full_tensors(ema.shadow_params, is_main)]
+        if is_main:
+            trained.save_pretrained(os.path.join(folder, "transformer"))
+            if ema is not None:
+                save_ema(ema, model, os.path.join(folder, "transformer_ema"), shadow)
         weights.clear()
 
     def load_hook(models: list, folder: str) -> None:
+        # Accelerate hands over the models it has not restored itself: none when sharded.
+        if models:
+            loaded = type(model).from_pretrained(folder, subfolder="transformer")
+            model.load_state_dict(loaded.state_dict())
         models.clear()
-        loaded = type(model).from_pretrained(folder, subfolder="transformer")
-        model.load_state_dict(loaded.state_dict())
         if ema is not None:
-            load_ema(ema, type(model), os.path.join(folder, "transformer_ema"), accelerator.device)
+            load_ema(ema, type(model), os.path.join(folder, "transformer_ema"))
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -183,7 +202,18 @@ def load_checkpoint(accelerator: Any, checkpoint: str | os.PathLike) -> Training
 
     Returns:
         Where the run stood.
+
+    Raises:
+        ValueError: If the checkpoint was written by a sharded (FSDP2) run and this one is not, or the reverse:
+            the optimizer state is stored differently.
     """
+    written_sharded = (Path(checkpoint) / SHARDED_MODEL_FOLDER).is_dir()
+    if written_sharded != is_sharded(accelerator):
+        kind = {True: "a sharded (FSDP2)", False: "an unsharded (one process or DDP)"}
+        raise ValueError(
+            f"{Path(checkpoint).name} was written by {kind[written_sharded]} run, and this is {kind[not written_sharded]} "
+            "run: the optimizer state is stored differently. Resume it with the accelerate config it was trained with."
+        )
     accelerator.load_state(str(checkpoint))
     return read_training_state(checkpoint)
 

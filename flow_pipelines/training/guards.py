@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .sharding import all_finite
+
 
 def check_finite_loss(mean_loss: torch.Tensor, step: int, micro_step: int, output_dir: str | Path) -> None:
     """Stop before the backward pass of a non-finite loss.
@@ -53,6 +55,9 @@ def check_finite_gradients(grad_norm: torch.Tensor, step: int, output_dir: str |
 def check_finite_weights(model: torch.nn.Module, ema: Any | None, step: int) -> None:
     """Refuse to go on with non-finite weights, so that no checkpoint or pipeline ever holds them.
 
+    With a sharded model (FSDP2) every process checks its slices and all agree on the answer, so every process must
+    call it.
+
     Args:
         model: The trained model.
         ema: Its ``EMAModel``, or None.
@@ -64,7 +69,7 @@ def check_finite_weights(model: torch.nn.Module, ema: Any | None, step: int) -> 
     named = list(model.named_parameters())
     if ema is not None:
         named += [(f"EMA {name}", shadow) for (name, _), shadow in zip(named, ema.shadow_params, strict=True)]
-    finite = torch.stack([torch.isfinite(tensor.detach()).all() for _, tensor in named])
+    finite = all_finite([tensor for _, tensor in named])
     if not bool(finite.all()):
         name = named[int((~finite).nonzero()[0])][0]
         raise FloatingPointError(

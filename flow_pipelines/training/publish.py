@@ -14,7 +14,8 @@ from ..hub import check_push_access, push_pipeline_to_hub, write_model_card
 from ..pipelines import FlowPipeline
 from ..schedulers import FlowEulerScheduler
 from .guards import check_finite_weights
-from .runtime import gather_digests
+from .runtime import end_run, gather_digests
+from .sharding import SamplingModel
 from .tracking import log_images
 from .validation import grid_classes, sample_grid
 
@@ -136,7 +137,7 @@ def finish_run(
     accelerator: Any,
     args: argparse.Namespace,
     pipeline: FlowPipeline,
-    ema: Any | None,
+    sampling: SamplingModel,
     summary: dict[str, Any],
     config: dict[str, Any],
     dataset_name: str,
@@ -147,8 +148,8 @@ def finish_run(
     Args:
         accelerator: The run's accelerator.
         args: The parsed flags.
-        pipeline: The pipeline around the trained transformer.
-        ema: The ``EMAModel``, or None.
+        pipeline: The pipeline around ``sampling.model``.
+        sampling: The trained model, its EMA, and the model that samples them.
         summary: The run's figures so far (steps, samples, loss, throughput, ...).
         config: The run's public settings (for the model card).
         dataset_name: What the card names as the training data.
@@ -160,22 +161,21 @@ def finish_run(
     Raises:
         FloatingPointError: If the final weights are not finite (nothing is saved).
     """
-    transformer = pipeline.transformer
     accelerator.wait_for_everyone()
-    check_finite_weights(transformer, ema, summary["global_step"])
-    summary["weights_digest_per_process"] = digests = gather_digests(accelerator, transformer)
+    check_finite_weights(sampling.trained, sampling.ema, summary["global_step"])
+    summary["weights_digest_per_process"] = digests = gather_digests(accelerator, sampling.trained)
+    ema = sampling.refresh()
     if accelerator.is_main_process:
         if len(set(digests)) > 1:
             logger.warning("Processes ended with different weights: %s", digests)
         if ema is not None:
-            ema.copy_to(transformer.parameters())
-        transformer.eval()
+            ema.copy_to(pipeline.transformer.parameters())
+        pipeline.transformer.eval()
         summary.update(
             save_result(pipeline, args, accelerator, summary["global_step"], config, dataset_name, on_digits)
         )
         write_json(Path(args.output_dir) / "train_summary.json", summary)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_run(accelerator)
     return summary
 
 

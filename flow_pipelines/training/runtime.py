@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+from . import scale_out
+from .sharding import full_tensor
+
 logger = logging.getLogger("train_flow")
 
 
@@ -67,11 +70,13 @@ def make_accelerator(
         The accelerator.
 
     Raises:
-        ValueError: For fp16 on a CPU, or bf16 on a GPU without it.
+        ValueError: For fp16 on a CPU, or bf16 on a GPU without it; for a launch set-up the script does not honour
+            (DeepSpeed, FSDP1, an FSDP config accelerate would not apply: see :mod:`.scale_out`).
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    scale_out.check_launch_environment(os.environ)
     output_dir = Path(output_dir)
     # `accelerate launch --multi_gpu` on a machine without GPUs starts processes that accelerate would
     # otherwise treat as independent single-process runs: make them one CPU (gloo) job.
@@ -84,6 +89,7 @@ def make_accelerator(
         ),
         cpu=force_cpu,
     )
+    scale_out.check_accelerator(accelerator, os.environ)
     device = accelerator.device
     if accelerator.mixed_precision == "fp16" and device.type == "cpu":
         raise ValueError("--mixed_precision fp16 needs a GPU; this run is on the CPU. Use bf16 or no.")
@@ -147,6 +153,8 @@ def step_generator(
 def weights_digest(model: torch.nn.Module) -> str:
     """SHA-256 of a model's parameters (to check that all processes hold the same weights).
 
+    A sharded model's tensors are gathered whole first (then every process must call it).
+
     Args:
         model: The model.
 
@@ -156,12 +164,14 @@ def weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(full_tensor(tensor.detach()).float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
 def gather_digests(accelerator: Any, model: torch.nn.Module) -> list[str]:
     """Every process's weight digest, in rank order (identical when data-parallel training stayed in sync).
+
+    Every process must call it; a sharded model's digest is that of its whole, gathered weights.
 
     Args:
         accelerator: The run's accelerator.
@@ -174,6 +184,28 @@ def gather_digests(accelerator: Any, model: torch.nn.Module) -> list[str]:
 
     digest = weights_digest(model)
     return [digest] if accelerator.num_processes == 1 else list(gather_object([digest]))
+
+
+_LAST_BARRIER: list[Any] = []
+
+
+def end_run(accelerator: Any) -> None:
+    """Wait for every process, then end the run (trackers, process group); every process calls it last.
+
+    The barrier's handle is kept for the rest of the process. gloo frees a finished collective (and the earlier ones
+    a barrier waited for) on its worker thread, which takes the GIL for the tensors; DDP frees the process group on
+    the main thread at exit without releasing the GIL, and waits for that worker. If the worker had not got the GIL
+    by then, the process hung after its last line (seen now and then with two CPU processes). With the handle kept,
+    the main thread frees the barrier itself.
+
+    Args:
+        accelerator: The run's accelerator.
+    """
+    if accelerator.num_processes > 1 and torch.distributed.is_initialized():
+        barrier = torch.distributed.barrier(async_op=True)
+        barrier.wait()
+        _LAST_BARRIER.append(barrier)
+    accelerator.end_training()
 
 
 class Throughput:
