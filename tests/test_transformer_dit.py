@@ -207,7 +207,7 @@ def test_layerwise_casting_keeps_outputs_close(tiny_model):
     with torch.no_grad():
         reference = model(*inputs).sample
         model.enable_layerwise_casting(storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
-        assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+        assert model.blocks[0].attn.to_q.weight.dtype == torch.bfloat16
         assert model.patch_embed.weight.dtype == torch.float32  # skipped by pattern
         cast = model(*inputs).sample
     assert (cast - reference).norm() / reference.norm() < 0.05
