@@ -71,15 +71,22 @@ LOADING_SCRIPT = textwrap.dedent(
 )
 
 
-def run_python(code: str, arguments: list[str], environment: dict[str, str] | None = None):
-    """Run ``code`` in a fresh interpreter with this checkout importable (not imported)."""
+def run_python(
+    code: str, arguments: list[str], environment: dict[str, str] | None = None, cwd: Path | None = None
+):
+    """Run ``code`` in a fresh interpreter with this checkout importable (not imported), in ``cwd``."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
         **(environment or {}),
     }
     return subprocess.run(
-        [sys.executable, "-c", code, *arguments], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", code, *arguments],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
