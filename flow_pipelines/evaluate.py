@@ -67,6 +67,7 @@ from .evaluation.likelihood import DIVERGENCES, METHODS, image_bits_per_dim
 from .evaluation.reference import ReferenceSource, iter_reference, open_reference, reference_indices
 from .file_utils import atomic_file
 from .guidance import GuidedVelocity
+from .hub import update_model_card
 from .images import quantize_images
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace metrics.json and samples.npz in --output-dir."
+    )
+    parser.add_argument(
+        "--update-card", action="store_true", help="Add the results to the model card (README.md) of --model."
     )
     parser.add_argument(
         "--stats-cache", type=Path, default=DEFAULT_STATS_CACHE, help="Reference statistics cache."
@@ -430,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     )
     for output in outputs:
         check_output_file(output, args.overwrite, "--output-dir")
+    if args.update_card and not (Path(args.model) / "README.md").is_file():
+        raise ValueError(f"--update-card: {args.model}/README.md does not exist; there is no card to update.")
     counts = ("num_samples", "batch_size", "steps", "num_reference", "extractor_batch_size")
     check_positive(args, *counts, "bpd_num_images", "bpd_steps", "bpd_probes", "bpd_batch_size")
     if not 0.0 <= args.bpd_sigma_min < 1.0:
@@ -510,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for record in records:
         print(f"{record['metric']:>16}: {record['value']:.6g}")
     _report_written(metrics_path, replaced)
+    if args.update_card:
+        _report_written(update_model_card(args.model, results=records), replaced=True, detail=" (results)")
     return records
 
 

@@ -80,13 +80,14 @@ def apply_default_permissions(root: Path) -> None:
 
 
 def is_weights_file(path: PurePosixPath | str, variant: str | None = None) -> bool:
-    """Whether a file name is one of diffusers' safetensors weight files of a variant.
+    """Whether a file name is one of diffusers' weight files of a variant, in safetensors or PyTorch (``.bin``) form.
 
     Those are the single file, the shards and the shard index of a model saved with that variant (``None``:
     no variant): ``diffusion_pytorch_model[.VARIANT].safetensors``,
-    ``diffusion_pytorch_model[.VARIANT]-00001-of-00003.safetensors`` and
-    ``diffusion_pytorch_model.safetensors.index[.VARIANT].json``. A save of that variant owns all of them: the
-    shards of an earlier sharded save are stale once a single file is written, and vice versa.
+    ``diffusion_pytorch_model[.VARIANT]-00001-of-00003.safetensors``,
+    ``diffusion_pytorch_model.safetensors.index[.VARIANT].json``, and the same with ``.bin``. A save of that variant
+    owns all of them, in both formats: the shards of an earlier sharded save are stale once a single file is
+    written, and an earlier safetensors file would be loaded instead of a new ``.bin`` (and vice versa).
 
     Args:
         path: The file (only its name is looked at).
@@ -97,8 +98,8 @@ def is_weights_file(path: PurePosixPath | str, variant: str | None = None) -> bo
     """
     name = PurePosixPath(path).name
     tag = re.escape(f".{variant}") if variant else ""
-    weights = rf"{_WEIGHTS_STEM}{tag}(-\d+-of-\d+)?\.safetensors"
-    index = rf"{_WEIGHTS_STEM}\.safetensors\.index{tag}\.json"
+    weights = rf"{_WEIGHTS_STEM}{tag}(-\d+-of-\d+)?\.(safetensors|bin)"
+    index = rf"{_WEIGHTS_STEM}\.(safetensors|bin)\.index{tag}\.json"
     return re.fullmatch(weights, name) is not None or re.fullmatch(index, name) is not None
 
 

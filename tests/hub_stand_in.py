@@ -1,12 +1,15 @@
-"""A local stand-in for the few Hub endpoints an upload uses: create a repo, preupload, commit.
+"""A local stand-in for the Hub endpoints an upload and a download use.
 
-`huggingface_hub`'s real client talks to it over HTTP on 127.0.0.1; committed files land in a folder
-per repository, so a test can load exactly what was uploaded.
+Uploads: create a repo, preupload, commit. Downloads: a repo's info (its commit and files), its file tree, and its
+files (``HEAD`` / ``GET .../resolve/REV/PATH`` with the commit and etag headers ``hf_hub_download`` reads).
+`huggingface_hub`'s real client talks to it over HTTP on 127.0.0.1; committed files land in a folder per repository,
+so a test can load exactly what was uploaded, through the real Hub code path (cache included).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import threading
@@ -42,6 +45,43 @@ class HubStandIn:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _send_file(self, repo_id: str, relative: str, with_body: bool) -> None:
+                path = stand_in.repo_folder(repo_id) / relative
+                if not path.is_file():
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", stand_in.commit(repo_id))
+                self.send_header("ETag", f'"{_blob_id(data)}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(data)
+
+            def _download(self, with_body: bool) -> None:
+                path = self.path.split("?")[0]
+                stand_in.requests.append(f"{self.command} {path}")
+                resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+                if resolve is not None:
+                    return self._send_file(resolve[1], resolve[3], with_body)
+                info = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/[^/]+)?", path)
+                if info is not None and stand_in.repo_folder(info[1]).is_dir():
+                    return self._reply(200, stand_in.info(info[1]))
+                tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/[^/]+(?:/.*)?", path)
+                if tree is not None and stand_in.repo_folder(tree[1]).is_dir():
+                    return self._reply(200, stand_in.tree(tree[1]))
+                return self._reply(404, {"error": f"not served: {path}"})
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self._download(with_body=True)
+
+            def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+                self._download(with_body=False)
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
@@ -91,6 +131,37 @@ class HubStandIn:
         """The folder holding what was committed to ``repo_id``."""
         return self.root / repo_id.replace("/", "--")
 
+    def _files(self, repo_id: str) -> dict[str, bytes]:
+        folder = self.repo_folder(repo_id)
+        return {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+        }
+
+    def commit(self, repo_id: str) -> str:
+        """The repo's current commit id: a digest of its files (a new upload gives a new one)."""
+        files = self._files(repo_id)
+        return hashlib.sha1(
+            "".join(f"{name}:{_blob_id(data)};" for name, data in files.items()).encode()
+        ).hexdigest()
+
+    def info(self, repo_id: str) -> dict:
+        """What ``model_info`` / ``repo_info`` get: the commit and the file names."""
+        siblings = [{"rfilename": name} for name in self._files(repo_id)]
+        return {
+            "id": repo_id,
+            "modelId": repo_id,
+            "sha": self.commit(repo_id),
+            "private": False,
+            "siblings": siblings,
+        }
+
+    def tree(self, repo_id: str) -> list[dict]:
+        """What ``list_repo_tree(recursive=True)`` gets: every file with its size and git blob id."""
+        return [
+            {"type": "file", "path": name, "size": len(data), "oid": _blob_id(data)}
+            for name, data in self._files(repo_id).items()
+        ]
+
     def __enter__(self) -> HubStandIn:
         self._thread.start()
         return self
@@ -98,3 +169,8 @@ class HubStandIn:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _blob_id(data: bytes) -> str:
+    """The git object id of a file's content, as the Hub reports it."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()

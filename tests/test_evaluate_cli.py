@@ -344,3 +344,33 @@ def test_the_docstring_example_fits_the_default_run_and_the_digits(digits_pixels
     for metric in set(check_metrics(args.metrics)) & set(FRECHET_METRICS):
         needed = minimum_samples(feature_dims[metric])
         assert args.num_samples >= needed and len(digits_pixels) >= needed, metric
+
+
+def test_update_card_adds_the_results_to_the_models_card(tmp_path, saved_pipeline):
+    from huggingface_hub import ModelCard
+
+    from flow_pipelines.hub import write_model_card
+
+    model = saved_pipeline(sample_size=16)
+    arguments = ["--model", str(model), "--metrics", "digit_accuracy", "--num-samples", "20", "--steps", "2"]
+    with pytest.raises(ValueError, match="--update-card: .*README.md does not exist"):
+        main([*arguments, "--update-card", "--output-dir", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()  # refused before any work
+
+    write_model_card(model, training_config={}, dataset_name="sklearn_digits", repo_id="someone/digits")
+    records = main([*arguments, "--guidance", "2", "--update-card", "--output-dir", str(tmp_path / "eval")])
+    (result,) = ModelCard.load(model / "README.md").data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_type) == (
+        "digit_accuracy",
+        records[0]["value"],
+        "sklearn_digits",
+    )
+    assert {
+        k: result.metric_args[k] for k in ("sampler", "num_inference_steps", "guidance_scale", "num_samples")
+    } == {
+        "sampler": "euler",
+        "num_inference_steps": 2,
+        "guidance_scale": 2.0,
+        "num_samples": 20,
+    }
+    assert "| Digit accuracy |" in (model / "README.md").read_text()

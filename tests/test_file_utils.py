@@ -152,18 +152,20 @@ def test_atomic_update_of_the_current_folder_and_refusals(
     assert tree(tmp_path) == {"config.json": "{}", "transformer": "a file"}
 
 
-def test_weights_files_of_a_variant():
+@pytest.mark.parametrize("suffix", ["safetensors", "bin"])
+def test_weights_files_of_a_variant_in_either_format(suffix):
     for name in (
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model-00001-of-00003.safetensors",
-        "diffusion_pytorch_model.safetensors.index.json",
+        f"diffusion_pytorch_model.{suffix}",
+        f"diffusion_pytorch_model-00001-of-00003.{suffix}",
+        f"diffusion_pytorch_model.{suffix}.index.json",
     ):
         assert is_weights_file(PurePosixPath("transformer") / name)
         assert not is_weights_file(name, variant="fp16")
-    assert is_weights_file("diffusion_pytorch_model.fp16-00002-of-00002.safetensors", variant="fp16")
-    assert is_weights_file("diffusion_pytorch_model.safetensors.index.fp16.json", variant="fp16")
-    assert not is_weights_file("diffusion_pytorch_model.fp16.safetensors")
-    assert not is_weights_file("config.json") and not is_weights_file("diffusion_pytorch_model.bin")
+    assert is_weights_file(f"diffusion_pytorch_model.fp16-00002-of-00002.{suffix}", variant="fp16")
+    assert is_weights_file(f"diffusion_pytorch_model.{suffix}.index.fp16.json", variant="fp16")
+    assert not is_weights_file(f"diffusion_pytorch_model.fp16.{suffix}")
+    assert not is_weights_file("config.json") and not is_weights_file(f"model.{suffix}")
+    assert not is_weights_file("diffusion_pytorch_model.pt")
 
 
 @pytest.mark.parametrize(

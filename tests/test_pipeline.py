@@ -5,6 +5,7 @@ name in test_scheduler_registry.py."""
 
 from __future__ import annotations
 
+import inspect
 import io
 
 import numpy as np
@@ -98,6 +99,114 @@ def test_image_is_the_same_alone_or_in_a_batch(make_flow_pipeline, scheduler_nam
         output_type="latent",
     ).images
     torch.testing.assert_close(batch[1:2], alone, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- diffusers' common pipeline checks
+def diffusers_inputs(seed: int = 0) -> dict:
+    """What diffusers' class-conditional pipeline tests pass (DiTPipeline's ``get_dummy_inputs``)."""
+    return {
+        "class_labels": [1],
+        "generator": torch.Generator().manual_seed(seed),
+        "num_inference_steps": 2,
+        "output_type": "np",
+    }
+
+
+def test_call_signature_has_what_diffusers_pipelines_take():
+    parameters = inspect.signature(FlowPipeline.__call__).parameters
+    optional = {name for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    assert "class_labels" in parameters
+    assert {
+        "num_inference_steps",
+        "num_images_per_prompt",
+        "generator",
+        "latents",
+        "output_type",
+        "return_dict",
+        "guidance_scale",
+        "callback_on_step_end",
+        "callback_on_step_end_tensor_inputs",
+    } <= optional
+    assert FlowPipeline._callback_tensor_inputs == ["latents"]
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_nested_labels_batch_as_diffusers_builds_them_and_each_image_is_the_same_alone(
+    make_flow_pipeline, batch_size
+):
+    """diffusers' batch tests wrap each sample's value in a list: ``class_labels=[[1], [1], [1]]``."""
+    pipe = make_flow_pipeline()
+    alone = pipe(**diffusers_inputs())[0]
+    batched = {
+        **diffusers_inputs(),
+        "class_labels": batch_size * [[1]],
+        "generator": [torch.Generator().manual_seed(i) for i in range(batch_size)],
+    }
+    output = pipe(**batched)[0]
+    assert len(output) == batch_size
+    assert np.abs(output[0] - alone[0]).max() < 1e-4
+    # Tensors and arrays of ids, 0-d or 1-d, as diffusers' users pass them.
+    for labels in (torch.tensor(1), torch.tensor([1, 1]), np.array([1, 1]), np.int64(1), [np.int64(1)]):
+        images = pipe(**{**diffusers_inputs(), "class_labels": labels, "generator": None})[0]
+        assert len(images) == max(np.asarray(labels).size, 1)
+
+
+def test_num_images_per_prompt_repeats_each_label(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+    for batch_size in (1, 2):
+        for per_label in (1, 2):
+            inputs = {**diffusers_inputs(), "class_labels": batch_size * [[1]]}
+            assert pipe(**inputs, num_images_per_prompt=per_label)[0].shape[0] == batch_size * per_label
+    seeds = [torch.Generator().manual_seed(i) for i in range(4)]
+    grouped = pipe([3, 7], num_images_per_prompt=2, generator=seeds, num_inference_steps=2, output_type="pt")
+    one_by_one = [
+        pipe([label], generator=[torch.Generator().manual_seed(i)], num_inference_steps=2, output_type="pt")
+        for i, label in enumerate([3, 3, 7, 7])
+    ]
+    torch.testing.assert_close(grouped.images, torch.cat([o.images for o in one_by_one]), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="num_images_per_prompt=0 must be an integer >= 1"):
+        pipe([1], num_images_per_prompt=0)
+
+
+def test_dict_and_tuple_outputs_components_cfg_and_dtype(make_flow_pipeline):
+    pipe = make_flow_pipeline(in_channels=4, vae=True)
+    as_dict = pipe(**diffusers_inputs())[0]
+    as_tuple = pipe(**diffusers_inputs(), return_dict=False)[0]
+    assert np.abs(as_dict - as_tuple).max() < 1e-4
+    assert set(pipe.components) == {"transformer", "scheduler", "vae"}
+    no_cfg = pipe(**{**diffusers_inputs(), "guidance_scale": 1.0})[0]
+    assert pipe(**{**diffusers_inputs(), "guidance_scale": 7.5})[0].shape == no_cfg.shape
+    assert all(component.dtype == torch.float32 for component in (pipe.transformer, pipe.vae))
+    pipe.to(dtype=torch.float16)
+    assert all(component.dtype == torch.float16 for component in (pipe.transformer, pipe.vae))
+
+
+def test_callback_inputs_and_callback_guidance_as_diffusers_tests_them(make_flow_pipeline):
+    pipe = make_flow_pipeline()
+
+    def only_allowed(pipeline, step, timestep, callback_kwargs):
+        assert set(callback_kwargs) <= set(pipeline._callback_tensor_inputs)
+        return callback_kwargs
+
+    def zero_the_last(pipeline, step, timestep, callback_kwargs):
+        if step == pipeline.num_timesteps - 1:
+            callback_kwargs["latents"] = torch.zeros_like(callback_kwargs["latents"])
+        return callback_kwargs
+
+    inputs = {
+        **diffusers_inputs(),
+        "output_type": "latent",
+        "callback_on_step_end_tensor_inputs": ["latents"],
+    }
+    pipe(**inputs, callback_on_step_end=only_allowed)
+    assert pipe(**inputs, callback_on_step_end=zero_the_last)[0].abs().sum() == 0
+
+    def more_guidance(pipeline, step, timestep, callback_kwargs):
+        pipeline._guidance_scale += 1.0
+        return callback_kwargs
+
+    pipe(**{**diffusers_inputs(), "guidance_scale": 2.0}, callback_on_step_end=more_guidance)
+    assert pipe.guidance_scale == 2.0 + pipe.num_timesteps
 
 
 # ----------------------------------------------------------------------------- schedulers
@@ -258,7 +367,7 @@ def test_to_dtype_runs_the_transformer_in_that_dtype(make_flow_pipeline):
         ),
         (
             {"generator": [torch.Generator(), torch.Generator()]},
-            r"got a list of 2 generators for 1 class labels",
+            r"got a list of 2 generators for 1 images",
         ),
         (
             {"callback_on_step_end_tensor_inputs": ["noise"]},

@@ -1,5 +1,5 @@
-"""FlowPipeline save/load: folder layout, both loaders, Hub repo ids from an offline cache, variants, atomicity,
-and saving into a folder that holds other files."""
+"""FlowPipeline save/load: folder layout, every loader, Hub repo ids from an offline cache, variants, ``.bin`` weights,
+atomicity, and saving into a folder that holds other files."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import stat
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,12 @@ from flow_pipelines import FlowEulerScheduler, FlowPipeline
 
 from .cli_support import truncate
 from .conftest import file_modes
+
+# Both loaders a user has: ours, and diffusers' generic one, which runs the folder's module files only when trusted.
+LOADERS = {
+    "FlowPipeline": FlowPipeline.from_pretrained,
+    "DiffusionPipeline": partial(DiffusionPipeline.from_pretrained, trust_remote_code=True),
+}
 
 
 def sample(pipe: FlowPipeline, labels=(1, 2), steps: int = 3) -> torch.Tensor:
@@ -48,45 +55,64 @@ def tree_digest(folder: Path) -> dict[str, str]:
     }
 
 
-def test_saved_folder_names_flow_pipelines_and_loads_with_both_loaders(make_flow_pipeline, tmp_path):
+def test_saved_folder_names_its_module_files_and_loads_with_every_loader(make_flow_pipeline, tmp_path):
     pipe = make_flow_pipeline(id2label="digits")
     expected = sample(pipe)
     pipe.save_pretrained(tmp_path / "pipe")
 
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    assert index["_class_name"] == "FlowPipeline" and "_diffusers_version" in index
-    assert index["transformer"] == ["flow_pipelines", "DiTModel"]
-    assert index["scheduler"] == ["flow_pipelines", "FlowEulerScheduler"]
+    assert index["_class_name"] == ["pipeline_flow", "FlowPipeline"] and "_diffusers_version" in index
+    assert index["transformer"] == ["pipeline_flow", "DiTModel"]
+    assert index["scheduler"] == ["pipeline_flow", "FlowEulerScheduler"]
     assert index["vae"] == [None, None]
+    assert index["auto_map"] == {"AutoModel": "pipeline_flow.FlowAutoModel"}
     assert index["id2label"] == {str(i): f"digit {i}" for i in range(10)}
-    files = set(tree_digest(tmp_path / "pipe"))
-    assert files == {
+    files = tree_digest(tmp_path / "pipe")
+    assert set(files) == {
         "model_index.json",
+        "pipeline_flow.py",
+        "scheduler/pipeline_flow.py",
         "scheduler/scheduler_config.json",
         "transformer/config.json",
         "transformer/diffusion_pytorch_model.safetensors",
+        "transformer/pipeline_flow.py",
     }
+    # One text for every module file: diffusers copies them into one flat cache folder.
+    assert len({files[name] for name in files if name.endswith("pipeline_flow.py")}) == 1
 
-    for loader in (FlowPipeline, DiffusionPipeline):
-        loaded = loader.from_pretrained(tmp_path / "pipe")
+    for name, loader in LOADERS.items():
+        loaded = loader(tmp_path / "pipe")
         loaded.set_progress_bar_config(disable=True)
-        assert type(loaded) is FlowPipeline and loaded.vae is None
+        assert type(loaded) is FlowPipeline and loaded.vae is None, name
         assert type(loaded.scheduler) is FlowEulerScheduler
         assert loaded.id2label == {i: f"digit {i}" for i in range(10)}
         assert loaded.label_ids(["digit 7", 3]) == [7, 3]
         assert torch.equal(sample(loaded), expected)
+        # Saved again, the folder keeps its module files (the configs gain diffusers' `_name_or_path`).
+        loaded.save_pretrained(tmp_path / "again")
+        again = tree_digest(tmp_path / "again")
+        assert again.keys() == files.keys()
+        assert all(again[name] == files[name] for name in files if not name.endswith(".json"))
+    # diffusers runs module files only when told to trust them; ours needs no such flag for its own files.
+    with pytest.raises(ValueError, match="Pass `trust_remote_code=True`"):
+        DiffusionPipeline.from_pretrained(tmp_path / "pipe")
 
 
 @pytest.mark.parametrize("pass_cache_dir", [True, False], ids=["cache_dir", "default_cache"])
 def test_hub_repo_id_loads_from_an_offline_cache(make_flow_pipeline, offline_hub, tmp_path, pass_cache_dir):
+    """FlowPipeline's route to a Hub repo works offline from the cache. (diffusers' remote-code route asks the Hub
+    for the repo's commit even when everything is cached: it is tested against a local Hub in test_remote_code.)"""
     pipe = make_flow_pipeline(id2label="digits")
     expected = sample(pipe)
     pipe.save_pretrained(tmp_path / "pipe")
     snapshot = offline_hub(tmp_path / "pipe", "flow-org/tiny-digits")
     kwargs = {"cache_dir": offline_hub.cache_dir} if pass_cache_dir else {}
 
-    for loader in (FlowPipeline, DiffusionPipeline):
-        loaded = loader.from_pretrained("flow-org/tiny-digits", **kwargs)
+    for loader in (FlowPipeline.from_pretrained, FlowPipeline.download):
+        loaded = loader("flow-org/tiny-digits", **kwargs)
+        if loader == FlowPipeline.download:
+            assert Path(loaded) == snapshot
+            continue
         loaded.set_progress_bar_config(disable=True)
         assert type(loaded) is FlowPipeline and loaded.name_or_path == "flow-org/tiny-digits"
         assert Path(loaded.transformer.config._name_or_path) == snapshot / "transformer"
@@ -94,7 +120,7 @@ def test_hub_repo_id_loads_from_an_offline_cache(make_flow_pipeline, offline_hub
         assert torch.equal(sample(loaded), expected)
 
 
-@pytest.mark.parametrize("loader", [FlowPipeline, DiffusionPipeline])
+@pytest.mark.parametrize("loader", list(LOADERS))
 def test_a_folder_saved_before_the_model_config_decided_still_loads_and_samples_the_same(
     make_flow_pipeline, tmp_path, loader
 ):
@@ -107,7 +133,7 @@ def test_a_folder_saved_before_the_model_config_decided_still_loads_and_samples_
     scheduler_config.write_text(
         json.dumps({**json.loads(scheduler_config.read_text()), "prediction_type": "sample"})
     )
-    loaded = loader.from_pretrained(tmp_path / "old")
+    loaded = LOADERS[loader](tmp_path / "old")
     loaded.set_progress_bar_config(disable=True)
     assert (
         loaded.scheduler.config.prediction_type == "sample"
@@ -137,23 +163,29 @@ def test_registration_is_idempotent_and_publishes_the_pipeline():
     assert diffusers.DDPMPipeline is not FlowPipeline
 
 
-def test_hub_loading_relies_on_the_registration(make_flow_pipeline, offline_hub, tmp_path, monkeypatch):
-    """The cached listing makes diffusers check component libraries, as on the real Hub."""
+def test_flow_pipelines_hub_route_relies_on_the_registration(
+    make_flow_pipeline, offline_hub, tmp_path, monkeypatch
+):
+    """FlowPipeline reads its module-file entries as ``["flow_pipelines", class]``; diffusers' download accepts that
+    library only because the package registers itself (the cached listing makes it check, as on the real Hub)."""
     pipe = make_flow_pipeline()
     assert _fetch_class_library_tuple(pipe.transformer) == ("flow_pipelines", "DiTModel")
     pipe.save_pretrained(tmp_path / "pipe")
     offline_hub(tmp_path / "pipe", "flow-org/tiny")
 
     monkeypatch.delitem(pipeline_loading_utils.LOADABLE_CLASSES, "flow_pipelines")
-    # Unregistered, a component is recorded under its module path, and a Hub repo is rejected.
+    # Unregistered, a component is recorded under its module path; a save still names the module files.
     assert _fetch_class_library_tuple(pipe.transformer) == (
         "flow_pipelines.models.transformer_dit",
         "DiTModel",
     )
+    pipe.save_pretrained(tmp_path / "unregistered")
+    index = json.loads((tmp_path / "unregistered" / "model_index.json").read_text())
+    assert index["transformer"] == ["pipeline_flow", "DiTModel"]
     with pytest.raises(
-        ValueError, match=r"flow_pipelines\.py as defined in `model_index.json` does not exist"
+        ValueError, match=r"/flow_pipelines\.py as defined in `model_index.json` does not exist"
     ):
-        DiffusionPipeline.from_pretrained("flow-org/tiny")
+        FlowPipeline.from_pretrained("flow-org/tiny")
 
 
 @pytest.mark.parametrize(
@@ -170,8 +202,9 @@ def test_folder_with_a_diffusers_scheduler_loads(make_flow_pipeline, tmp_path, s
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     assert index["scheduler"] == ["diffusers", type(scheduler).__name__]
-    for loader in (FlowPipeline, DiffusionPipeline):
-        loaded = loader.from_pretrained(tmp_path / "pipe")
+    assert not (tmp_path / "pipe" / "scheduler" / "pipeline_flow.py").exists()
+    for loader in LOADERS.values():
+        loaded = loader(tmp_path / "pipe")
         loaded.set_progress_bar_config(disable=True)
         assert type(loaded.scheduler) is type(scheduler)
         public = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
@@ -185,7 +218,7 @@ def test_vae_pipeline_round_trip(make_flow_pipeline, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     assert index["vae"] == ["diffusers", "AutoencoderKL"]
-    loaded = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    loaded = LOADERS["DiffusionPipeline"](tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded.vae, AutoencoderKL)
     assert (loaded.vae.config.scaling_factor, loaded.vae.config.shift_factor) == (0.5, 0.1)
@@ -200,8 +233,8 @@ def test_fp16_variant_and_torch_dtype(make_flow_pipeline, tmp_path):
     assert (tmp_path / "half" / "transformer" / "diffusion_pytorch_model.fp16.safetensors").is_file()
     assert (tmp_path / "half" / "vae" / "diffusion_pytorch_model.fp16.safetensors").is_file()
 
-    for loader in (FlowPipeline, DiffusionPipeline):
-        loaded = loader.from_pretrained(tmp_path / "half", variant="fp16", dtype=torch.float16)
+    for loader in LOADERS.values():
+        loaded = loader(tmp_path / "half", variant="fp16", dtype=torch.float16)
         loaded.set_progress_bar_config(disable=True)
         assert loaded.transformer.dtype == torch.float16 and loaded.vae.dtype == torch.float16
         for name, value in pipe.transformer.state_dict().items():
@@ -269,23 +302,70 @@ def test_truncated_weights_and_broken_json_are_named(make_flow_pipeline, tmp_pat
 
     sharded = tmp_path / "sharded"
     make_flow_pipeline().save_pretrained(sharded, max_shard_size="20KB")
-    truncate(sharded / "transformer" / "diffusion_pytorch_model-00002-of-00009.safetensors")
-    with pytest.raises(ValueError, match=r"00002-of-00009\.safetensors is not a readable safetensors file"):
+    second_shard = sorted((sharded / "transformer").glob("*-00002-of-*.safetensors"))[0]
+    truncate(second_shard)
+    with pytest.raises(ValueError, match=rf"{second_shard.name} is not a readable safetensors file"):
         FlowPipeline.from_pretrained(sharded)
 
 
-def test_pickle_weights_are_never_written_or_read(make_flow_pipeline, tmp_path):
-    pipe = make_flow_pipeline()
-    with pytest.raises(ValueError, match="safe_serialization=False is not supported"):
-        pipe.save_pretrained(tmp_path / "pipe", safe_serialization=False)
-    assert not (tmp_path / "pipe").exists()
-    pipe.save_pretrained(tmp_path / "pipe")
-    with pytest.raises(ValueError, match="use_safetensors=False is not supported"):
-        FlowPipeline.from_pretrained(tmp_path / "pipe", use_safetensors=False)
-    weights = tmp_path / "pipe" / "transformer" / "diffusion_pytorch_model.safetensors"
-    weights.rename(weights.with_name("diffusion_pytorch_model.bin"))
-    with pytest.raises(ValueError, match=r"transformer/diffusion_pytorch_model\.safetensors is missing"):
-        FlowPipeline.from_pretrained(tmp_path / "pipe")
+class Payload:
+    """Unpickling this runs code: it writes a file. ``torch.load(weights_only=True)`` refuses it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pickle code ran"))
+
+
+@pytest.mark.parametrize("variant", [None, "fp16"])
+def test_bin_weights_are_written_on_request_and_read_without_running_pickle_code(
+    make_flow_pipeline, tmp_path, variant
+):
+    pipe = make_flow_pipeline(in_channels=4, vae=True)
+    expected = sample(pipe)
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(folder, safe_serialization=False, variant=variant)
+    suffix = f".{variant}.bin" if variant else ".bin"
+    for component in ("transformer", "vae"):
+        assert sorted(p.name for p in (folder / component).iterdir() if "diffusion" in p.name) == [
+            f"diffusion_pytorch_model{suffix}"
+        ]
+    for name, loader in LOADERS.items():
+        for use_safetensors in (None, False):
+            loaded = loader(folder, variant=variant, use_safetensors=use_safetensors)
+            loaded.set_progress_bar_config(disable=True)
+            assert torch.equal(sample(loaded), expected), name
+    with pytest.raises(
+        ValueError, match=r"lacks the transformer weights: .*looked for diffusion_pytorch_model"
+    ):
+        FlowPipeline.from_pretrained(folder, variant=variant, use_safetensors=True)
+
+    # Saved again as safetensors, the .bin of the same variant goes: it would otherwise shadow nothing but lie.
+    pipe.save_pretrained(folder, variant=variant)
+    assert not list(folder.rglob("*.bin"))
+    pipe.save_pretrained(folder, safe_serialization=False, variant=variant)
+    assert not list(
+        folder.rglob("*.safetensors")
+    )  # and the reverse: a stale safetensors file would be loaded
+
+    # A .bin whose pickle would run code is refused, and the code does not run.
+    marker = tmp_path / "ran.txt"
+    torch.save(
+        {"patch_embed.weight": Payload(marker)}, folder / "transformer" / f"diffusion_pytorch_model{suffix}"
+    )
+    with pytest.raises(
+        ValueError, match=r"holds more than tensors, so torch.load\(weights_only=True\) refuses"
+    ):
+        FlowPipeline.from_pretrained(folder, variant=variant)
+    with pytest.raises(OSError, match="Unable to load weights"):  # diffusers' own loader refuses it as well
+        LOADERS["DiffusionPipeline"](folder, variant=variant)
+    assert not marker.exists()
+    truncate(folder / "transformer" / f"diffusion_pytorch_model{suffix}")
+    with pytest.raises(
+        ValueError, match=rf"diffusion_pytorch_model{suffix} is not a readable PyTorch weights file"
+    ):
+        FlowPipeline.from_pretrained(folder, variant=variant)
 
 
 def test_save_is_atomic(make_flow_pipeline, tmp_path, monkeypatch):
@@ -372,6 +452,7 @@ def test_a_single_file_save_drops_the_shards_of_an_earlier_sharded_one(make_flow
     assert sorted(p.name for p in (folder / "transformer").iterdir()) == [
         "config.json",
         "diffusion_pytorch_model.safetensors",
+        "pipeline_flow.py",
     ]
     loaded = FlowPipeline.from_pretrained(folder)
     loaded.set_progress_bar_config(disable=True)
@@ -435,6 +516,7 @@ def test_save_into_the_current_folder(make_flow_pipeline, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "model_index.json",
         "my_notes.md",
+        "pipeline_flow.py",
         "scheduler",
         "transformer",
     ]
@@ -484,3 +566,29 @@ def test_save_with_push_to_hub_uploads_the_saved_folder(make_flow_pipeline, tmp_
     loaded = FlowPipeline.from_pretrained(hub.repo_folder("someone/tiny-flow"))
     loaded.set_progress_bar_config(disable=True)
     assert torch.equal(sample(loaded), sample(pipe))
+
+
+def test_variants_dtypes_and_load_messages_as_diffusers_tests_them(make_flow_pipeline, tmp_path, caplog):
+    """A variant no component has is refused (diffusers' message); ``dtype`` per component with a default; every
+    component loaded from the folder is reported, as diffusers' save/load test reads the log."""
+    import diffusers
+
+    pipe = make_flow_pipeline(in_channels=4, vae=True)
+    pipe.save_pretrained(tmp_path / "pipe", safe_serialization=False)
+    for loader in LOADERS.values():
+        with pytest.raises(ValueError, match="You are trying to load the model files of the `variant=fp16`"):
+            loader(tmp_path / "pipe", variant="fp16")
+
+    dtypes = {"transformer": torch.bfloat16, "default": torch.float16}
+    for name, loader in LOADERS.items():
+        loaded = loader(tmp_path / "pipe", dtype=dtypes)
+        assert (loaded.transformer.dtype, loaded.vae.dtype) == (torch.bfloat16, torch.float16), name
+
+    diffusers.logging.set_verbosity_info()
+    try:
+        with caplog.at_level("INFO", logger="diffusers.pipelines.pipeline_utils"):
+            FlowPipeline.from_pretrained(tmp_path / "pipe")
+    finally:
+        diffusers.logging.set_verbosity_warning()
+    for name, class_name in [("transformer", "DiTModel"), ("scheduler", "FlowEulerScheduler")]:
+        assert f"Loaded {name} as {class_name} from `{name}` subfolder" in caplog.text

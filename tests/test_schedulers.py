@@ -1,5 +1,6 @@
 """Flow schedulers against an exactly solvable flow and against diffusers' own FlowMatch schedulers."""
 
+import inspect
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from diffusers import (
 )
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
 
-from flow_pipelines import FlowEulerScheduler, FlowHeunScheduler, FlowSDEScheduler
+from flow_pipelines import FlowEulerScheduler, FlowHeunScheduler, FlowMultistepScheduler, FlowSDEScheduler
 from flow_pipelines.analytic import sample_with_scheduler
 from flow_pipelines.paths import STRAIGHT_PATH
 from flow_pipelines.schedulers import DIFFUSION_FORMS
@@ -296,3 +297,71 @@ def test_multistep_diffusers_schedulers_run_on_the_same_analytic_flow():
         scheduler = cls(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
         error, nfe = endpoint_error(scheduler, 32)
         assert nfe == 32 and error < 0.05
+
+
+# ----------------------------------------------------------------------------- diffusers' common scheduler checks
+ALL_OURS = [*OURS, FlowMultistepScheduler]
+
+
+def _step(scheduler, residual, timestep, sample, **kwargs):
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        kwargs["generator"] = torch.manual_seed(0)
+    return scheduler.step(residual, timestep, sample, **kwargs)
+
+
+@pytest.mark.parametrize("cls", ALL_OURS)
+def test_what_diffusers_common_scheduler_tests_check(cls, tmp_path):
+    """SchedulerCommonTest's checks, on its dummy sample (4x3x8x8 in [0, 1], residual 0.1 x sample) and at the
+    first timesteps of a fresh 50-step grid. Its `trained_betas` check does not apply: flow schedulers have no betas."""
+    torch.manual_seed(0)
+    sample = torch.rand(4, 3, 8, 8)
+    residual = 0.1 * sample
+    scheduler = cls(num_train_timesteps=1000, shift=1.0)
+    scheduler.set_timesteps(50)
+    timestep, timestep_2 = scheduler.timesteps[0], scheduler.timesteps[1]
+
+    # save_config / from_pretrained: same config, same step.
+    scheduler.save_config(tmp_path)
+    loaded = cls.from_pretrained(tmp_path)
+    assert {k: v for k, v in scheduler.config.items() if k != "_use_default_values"} == dict(loaded.config)
+    loaded.set_timesteps(50)
+    fresh = cls(num_train_timesteps=1000, shift=1.0)
+    fresh.set_timesteps(50)
+    expected = _step(fresh, residual, timestep, sample).prev_sample
+    assert torch.sum(torch.abs(expected - _step(loaded, residual, timestep, sample).prev_sample)) < 1e-5
+
+    # Step shapes, and the tuple output equals the dict output.
+    shaped = cls()
+    shaped.set_timesteps(50)
+    assert _step(shaped, residual, timestep, sample).prev_sample.shape == sample.shape
+    assert _step(shaped, residual, timestep_2, sample).prev_sample.shape == sample.shape
+    as_tuple = cls()
+    as_tuple.set_timesteps(50)
+    output = _step(as_tuple, residual, timestep, sample, return_dict=False)
+    assert isinstance(output, tuple) and torch.allclose(output[0], expected, atol=1e-5)
+
+    # Public API: init_noise_sigma, scale_model_input keeps the shape, add_noise with a one-element timestep.
+    assert scheduler.init_noise_sigma is not None
+    assert scheduler.scale_model_input(sample, 0.0).shape == sample.shape
+    noised = scheduler.add_noise(sample, torch.randn(sample.shape), scheduler.timesteps[5][None])
+    assert noised.shape == sample.shape
+
+    # Compatibles round trip to an identical config; **kwargs only with declared deprecated kwargs.
+    assert all(compatible is not None for compatible in scheduler.compatibles)
+    for compatible in scheduler.compatibles:
+        other = compatible.from_config(scheduler.config)
+        back = cls.from_config(other.config)
+        assert {k: v for k, v in back.config.items() if k in scheduler.config} == dict(scheduler.config)
+        extra = {k for k in back.config if k not in scheduler.config}
+        assert not extra & set(inspect.signature(cls.__init__).parameters)
+    takes_kwargs = "kwargs" in inspect.signature(cls.__init__).parameters
+    assert takes_kwargs == bool(cls._deprecated_kwargs)
+
+    # Attribute access: own attributes quietly, config values through .config (direct access warns).
+    scheduler.dummy_attribute = 5
+    scheduler.register_to_config(test_attribute=5)
+    assert scheduler.dummy_attribute == 5
+    with pytest.warns(FutureWarning):
+        assert scheduler.test_attribute == 5
+    with pytest.raises(AttributeError, match=f"'{cls.__name__}' object has no attribute 'does_not_exist'"):
+        scheduler.does_not_exist  # noqa: B018

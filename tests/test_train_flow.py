@@ -23,6 +23,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -273,7 +274,19 @@ def test_default_run_produces_a_loadable_pipeline_with_card_grid_and_log(train_f
         pipeline.scheduler.config.prediction_type == pipeline.transformer.config.prediction_type == "velocity"
     )
     card = (pipeline_dir / "README.md").read_text()
-    assert "digit_accuracy" in card and "samples.png" in card
+    assert "samples.png" in card
+    # The digit accuracy is in the card's metadata, with the settings it was measured at.
+    results = {r.metric_type: r for r in ModelCard.load(pipeline_dir / "README.md").data.eval_results}
+    accuracy = results["digit_accuracy"]
+    assert (accuracy.metric_value, accuracy.dataset_type) == (
+        summary["evaluation"]["digit_accuracy"],
+        "sklearn_digits",
+    )
+    assert {k: accuracy.metric_args[k] for k in ("sampler", "num_samples", "num_inference_steps")} == {
+        "sampler": "euler",
+        "num_samples": 20,
+        "num_inference_steps": summary["evaluation"]["num_inference_steps"],
+    }
     grid = Image.open(pipeline_dir / "samples.png")
     assert grid.height > grid.width / 2  # ten rows of one image each
     assert 0.0 <= summary["evaluation"]["digit_accuracy"] <= 1.0

@@ -207,7 +207,7 @@ def test_layerwise_casting_keeps_outputs_close(tiny_model):
     with torch.no_grad():
         reference = model(*inputs).sample
         model.enable_layerwise_casting(storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
-        assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+        assert model.blocks[0].attn.to_q.weight.dtype == torch.bfloat16
         assert model.patch_embed.weight.dtype == torch.float32  # skipped by pattern
         cast = model(*inputs).sample
     assert (cast - reference).norm() / reference.norm() < 0.05
@@ -313,3 +313,85 @@ def test_save_pretrained_replaces_only_its_own_files_and_a_failed_save_changes_n
         torch.equal(a, b)
         for a, b in zip(loaded.state_dict().values(), second.state_dict().values(), strict=True)
     )
+
+
+# ----------------------------------------------------------------------------- diffusers' common model checks
+def forward(model: DiTModel, **kwargs) -> torch.Tensor:
+    sample, timestep, labels = tiny_inputs()
+    with torch.no_grad():
+        return model(hidden_states=sample, timestep=timestep, class_labels=labels, **kwargs)
+
+
+@pytest.mark.parametrize("safe_serialization", [True, False], ids=["safetensors", "bin"])
+def test_save_load_with_variants_and_formats_as_diffusers_tests_them(
+    tiny_model, tmp_path, safe_serialization
+):
+    model = tiny_model()
+    expected = forward(model, return_dict=False)[0]
+    model.save_pretrained(tmp_path / "plain", safe_serialization=safe_serialization)
+    torch.testing.assert_close(forward(DiTModel.from_pretrained(tmp_path / "plain")).sample, expected)
+
+    model.save_pretrained(tmp_path / "fp16", variant="fp16", safe_serialization=safe_serialization)
+    torch.testing.assert_close(
+        forward(DiTModel.from_pretrained(tmp_path / "fp16", variant="fp16")).sample, expected
+    )
+    with pytest.raises(OSError, match="Error no file named diffusion_pytorch_model.bin found in directory"):
+        DiTModel.from_pretrained(tmp_path / "fp16")
+
+    # A save in the other format replaces the weights of the same variant: no stale file shadows the new one.
+    model.save_pretrained(tmp_path / "plain", safe_serialization=not safe_serialization)
+    names = sorted(p.name for p in (tmp_path / "plain").iterdir())
+    assert names == [
+        "config.json",
+        "diffusion_pytorch_model." + ("bin" if safe_serialization else "safetensors"),
+    ]
+
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    torch.testing.assert_close(forward(DiTModel.from_pretrained(tmp_path / "sharded")).sample, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dtype_and_its_alias_on_load(tiny_model, tmp_path, dtype):
+    tiny_model().to(dtype).save_pretrained(tmp_path)
+    assert DiTModel.from_pretrained(tmp_path, low_cpu_mem_usage=True, torch_dtype=dtype).dtype == dtype
+    assert DiTModel.from_pretrained(tmp_path, low_cpu_mem_usage=False, torch_dtype=dtype).dtype == dtype
+    assert DiTModel.from_pretrained(tmp_path, dtype=dtype).dtype == dtype
+
+
+def test_determinism_tuple_output_and_attribute_access(tiny_model, caplog):
+    model = tiny_model()
+    first, second = forward(model).sample, forward(model, return_dict=False)
+    assert isinstance(second, tuple) and torch.equal(first, second[0])
+    model.dummy_attribute = 5
+    model.register_to_config(test_attribute=5)
+    with caplog.at_level("WARNING", logger="diffusers.models.modeling_utils"):
+        assert model.dummy_attribute == 5 and model.save_pretrained == model.save_pretrained
+    assert caplog.text == ""
+    with pytest.warns(FutureWarning):
+        assert model.test_attribute == 5
+    with pytest.raises(AttributeError, match="'DiTModel' object has no attribute 'does_not_exist'"):
+        model.does_not_exist  # noqa: B018
+
+
+def test_training_with_ema_and_the_gradient_checkpointing_switch(tiny_model):
+    from diffusers.training_utils import EMAModel
+
+    model = tiny_model().train()
+    ema = EMAModel(model.parameters())
+    output = forward_with_grad(model)
+    torch.nn.functional.mse_loss(output, torch.randn_like(output)).backward()
+    ema.step(model.parameters())
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+    assert not model.is_gradient_checkpointing
+    model.enable_gradient_checkpointing()
+    enabled = {type(m).__name__ for m in model.modules() if getattr(m, "gradient_checkpointing", False)}
+    assert model.is_gradient_checkpointing and enabled == {"DiTModel"}
+    model.disable_gradient_checkpointing()
+    assert not model.is_gradient_checkpointing
+
+
+def forward_with_grad(model: DiTModel) -> torch.Tensor:
+    sample, timestep, labels = tiny_inputs()
+    return model(sample, timestep, labels, return_dict=False)[0]

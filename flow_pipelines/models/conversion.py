@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from ..file_utils import atomic_update, is_weights_file
+from .dit_attention import upgrade_legacy_attention_keys
 from .embeddings import sincos_2d_positions
 from .original_checkpoints import (
     DDPM_PATH_KWARGS,
@@ -97,7 +98,8 @@ _ORIGINAL_TOP_LEVEL_KEYS: dict[str, str] = {
     "final_layer.adaLN_modulation.1.weight": "final_layer.modulation.weight",
     "final_layer.adaLN_modulation.1.bias": "final_layer.modulation.bias",
 }
-# Original key suffix inside ``blocks.N.`` -> DiTModel suffix.
+# Original key suffix inside ``blocks.N.`` -> DiTModel suffix. The attention keeps the original's fused ``qkv`` and
+# ``proj`` here, the layout DiTModel had before diffusers' names; `upgrade_legacy_attention_keys` then splits them.
 _ORIGINAL_BLOCK_KEYS: dict[str, str] = {
     "attn.qkv.weight": "attn.qkv.weight",
     "attn.qkv.bias": "attn.qkv.bias",
@@ -110,12 +112,18 @@ _ORIGINAL_BLOCK_KEYS: dict[str, str] = {
     "adaLN_modulation.1.weight": "modulation.weight",
     "adaLN_modulation.1.bias": "modulation.bias",
 }
-# diffusers key suffix inside ``transformer_blocks.N.`` -> DiTModel suffix (q, k, v are fused separately).
+# diffusers key suffix inside ``transformer_blocks.N.`` -> DiTModel suffix (the attention has the same layout).
 _DIFFUSERS_BLOCK_KEYS: dict[str, str] = {
     "norm1.linear.weight": "modulation.weight",
     "norm1.linear.bias": "modulation.bias",
-    "attn1.to_out.0.weight": "attn.proj.weight",
-    "attn1.to_out.0.bias": "attn.proj.bias",
+    "attn1.to_q.weight": "attn.to_q.weight",
+    "attn1.to_q.bias": "attn.to_q.bias",
+    "attn1.to_k.weight": "attn.to_k.weight",
+    "attn1.to_k.bias": "attn.to_k.bias",
+    "attn1.to_v.weight": "attn.to_v.weight",
+    "attn1.to_v.bias": "attn.to_v.bias",
+    "attn1.to_out.0.weight": "attn.to_out.0.weight",
+    "attn1.to_out.0.bias": "attn.to_out.0.bias",
     "ff.net.0.proj.weight": "mlp.fc1.weight",
     "ff.net.0.proj.bias": "mlp.fc1.bias",
     "ff.net.2.weight": "mlp.fc2.weight",
@@ -277,6 +285,7 @@ def convert_original_state_dict(
         "norm_eps": 1e-6,
         **convention,
     }
+    upgrade_legacy_attention_keys(converted)
     return config, converted
 
 
@@ -411,10 +420,6 @@ def convert_diffusers_dit(
         prefix = f"transformer_blocks.{index}."
         for theirs, ours in _DIFFUSERS_BLOCK_KEYS.items():
             converted[f"blocks.{index}.{ours}"] = state_dict[prefix + theirs]
-        for kind in ("weight", "bias"):
-            converted[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat(
-                [state_dict[f"{prefix}attn1.to_{name}.{kind}"] for name in ("q", "k", "v")]
-            )
 
     hidden_size = cfg.num_attention_heads * cfg.attention_head_dim
     config = {

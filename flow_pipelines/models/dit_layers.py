@@ -1,4 +1,4 @@
-"""The layers of a DiT block: adaLN-Zero modulation, attention with optional q/k norm and 2-D RoPE, the MLP."""
+"""The layers of a DiT block: adaLN-Zero modulation, the attention (`DiTAttention`, in its own module), the MLP."""
 
 from __future__ import annotations
 
@@ -6,66 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import apply_rope
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square normalisation over the last dimension with a learned scale (computed in float32).
-
-    Args:
-        dim: The normalised width.
-        eps: Added to the mean square.
-    """
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x``; returns a tensor of ``x``'s dtype."""
-        x_float = x.float()
-        x_float = x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x_float * self.weight.float()).to(x.dtype)
-
-
-class DiTAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection, optional q/k norm and optional 2-D RoPE.
-
-    Args:
-        hidden_size: Token width.
-        num_heads: Number of heads (must divide ``hidden_size``).
-        qk_norm: ``None``, ``"rms_norm"`` or ``"layer_norm"``: per-head normalisation of queries and keys.
-        eps: Epsilon of the q/k norms.
-    """
-
-    def __init__(
-        self, hidden_size: int, num_heads: int, qk_norm: str | None = None, eps: float = 1e-6
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
-        if qk_norm is None:
-            self.norm_q = self.norm_k = None
-        elif qk_norm == "rms_norm":
-            self.norm_q, self.norm_k = RMSNorm(self.head_dim, eps), RMSNorm(self.head_dim, eps)
-        else:
-            self.norm_q = nn.LayerNorm(self.head_dim, eps=eps)
-            self.norm_k = nn.LayerNorm(self.head_dim, eps=eps)
-
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend over the tokens of ``x`` ``(batch, tokens, hidden)``; ``rope`` from :func:`rope_2d_frequencies`."""
-        batch, tokens, width = x.shape
-        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)
-        if self.norm_q is not None:
-            query, key = self.norm_q(query), self.norm_k(key)
-        if rope is not None:
-            query, key = apply_rope(query, rope), apply_rope(key, rope)
-        out = F.scaled_dot_product_attention(query, key, value)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
+from .dit_attention import DiTAttention
 
 
 class DiTMLP(nn.Module):
@@ -101,6 +42,7 @@ class DiTBlock(nn.Module):
         qk_norm: Optional q/k normalisation, see :class:`DiTAttention`.
         norm_eps: Epsilon of the pre-attention LayerNorm (and of the q/k norms).
         mlp_norm_eps: Epsilon of the pre-MLP LayerNorm.
+        uses_rope: Whether the block is given 2-D rotary tables (``pos_embed="rope"``).
     """
 
     def __init__(
@@ -111,10 +53,11 @@ class DiTBlock(nn.Module):
         qk_norm: str | None = None,
         norm_eps: float = 1e-6,
         mlp_norm_eps: float = 1e-6,
+        uses_rope: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        self.attn = DiTAttention(hidden_size, num_heads, qk_norm=qk_norm, eps=norm_eps)
+        self.attn = DiTAttention(hidden_size, num_heads, qk_norm=qk_norm, eps=norm_eps, uses_rope=uses_rope)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = DiTMLP(hidden_size, int(hidden_size * mlp_ratio))
         self.modulation = nn.Linear(hidden_size, 6 * hidden_size)

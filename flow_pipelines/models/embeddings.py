@@ -127,8 +127,10 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved channel pairs of ``x`` by the angles whose cos / sin ``rope`` holds.
 
     Args:
-        x: Queries or keys ``(batch, heads, tokens, head_dim)``.
-        rope: The tables from :func:`rope_2d_frequencies`, ``(2, tokens, head_dim)``.
+        x: Queries or keys ``(..., tokens, head_dim)`` (``(batch, heads, tokens, head_dim)``), or any layout the
+            tables broadcast against (``(batch, tokens, heads, head_dim)`` with tables ``(2, tokens, 1, head_dim)``).
+        rope: The tables from :func:`rope_2d_frequencies`, ``(2, tokens, head_dim)``, with a unit axis inserted
+            before ``head_dim`` for a layout with the heads after the tokens.
 
     Returns:
         The rotated tensor, in ``x``'s dtype (the rotation itself runs in float32).

@@ -21,23 +21,34 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.model_loading_utils import load_state_dict
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..file_utils import atomic_update, is_weights_file
 from ..paths import check_prediction_type, get_path
+from .dit_attention import (
+    LEGACY_ATTENTION_KEY_PATTERN as _LEGACY_KEY_PATTERN,
+)
+from .dit_attention import (
+    QK_NORM_TYPES,
+    DiTAttention,
+    DiTAttnProcessor,
+    upgrade_legacy_attention_keys,
+)
 from .dit_layers import DiTBlock, FinalLayer
 from .embeddings import LabelEmbedder, TimestepEmbedder, rope_2d_frequencies, sincos_2d_positions
 
 POS_EMBED_TYPES: tuple[str, ...] = ("sincos", "rope")
-QK_NORM_TYPES: tuple[str, ...] = ("rms_norm", "layer_norm")
 
 _POSITIVE_INTEGERS: tuple[str, ...] = (
     "sample_size",
@@ -68,7 +79,7 @@ DIT_PRESETS: dict[str, dict[str, int]] = {
 """Architecture presets of the DiT paper, ``"DiT-S/2"`` … ``"DiT-XL/8"``: width, depth, heads, patch."""
 
 
-class DiTModel(ModelMixin, ConfigMixin):
+class DiTModel(ModelMixin, AttentionMixin, ConfigMixin):
     r"""Class-conditional Diffusion Transformer (DiT), by default predicting the flow velocity ``noise - x0``.
 
     The conditioning vector ``c = time_embed(t) + label_embed(y)`` is computed once per forward and
@@ -209,17 +220,30 @@ class DiTModel(ModelMixin, ConfigMixin):
                     qk_norm=qk_norm,
                     norm_eps=norm_eps,
                     mlp_norm_eps=norm_eps if mlp_norm_eps is None else mlp_norm_eps,
+                    uses_rope=pos_embed == "rope",
                 )
                 for _ in range(num_layers)
             ]
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, out_channels, eps=norm_eps)
         self._initialize_weights()
+        # Weights saved before the attention used diffusers' names load through torch's load_state_dict too
+        # (training checkpoints, EMA copies); diffusers' loader is covered in `_load_pretrained_model`.
+        self._register_load_state_dict_pre_hook(_upgrade_legacy_keys_hook, with_module=True)
 
     def _initialize_weights(self) -> None:
         """DiT's initialisation: Xavier linears, N(0, 0.02) embedders, zeroed adaLN and output projection."""
+        projections: set[int] = set()
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, DiTAttention):
+                # DiT's q, k, v are one (3 hidden x hidden) layer: Xavier's bound counts all three outputs. Drawn
+                # in order q, k, v, the values are those of the fused layer.
+                bound = math.sqrt(6.0 / (4 * module.inner_dim))
+                for layer in (module.to_q, module.to_k, module.to_v):
+                    nn.init.uniform_(layer.weight, -bound, bound)
+                    nn.init.zeros_(layer.bias)
+                    projections.add(id(layer))
+            elif isinstance(module, nn.Linear) and id(module) not in projections:
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         # The patch embedding is a linear map over flattened patches.
@@ -254,6 +278,60 @@ class DiTModel(ModelMixin, ConfigMixin):
         if config_dict.pop("time_convention", None) == "sit":
             config_dict.update(path="linear", path_kwargs={"reverse_time": True}, num_train_timesteps=1)
         return super().extract_init_dict(config_dict, **kwargs)
+
+    def set_default_attn_processor(self) -> None:
+        """Give every attention layer a new `DiTAttnProcessor` (the processor a fresh model has).
+
+        For diffusers' other models the default is ``AttnProcessor``; ours computes q/k norm and RoPE as well, and
+        runs on diffusers' attention backend dispatch.
+        """
+        self.set_attn_processor({name: DiTAttnProcessor() for name in self.attn_processors})
+
+    @classmethod
+    def _load_pretrained_model(
+        cls,
+        model: DiTModel,
+        state_dict: dict[str, torch.Tensor] | None,
+        resolved_model_file: list[str],
+        pretrained_model_name_or_path: str | os.PathLike,
+        loaded_keys: list[str],
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple:
+        """diffusers' weight loading, with weights saved before the attention used diffusers' names renamed first.
+
+        Such weights (``attn.qkv``, ``attn.proj``; see `upgrade_legacy_attention_keys`) are read whole, from every
+        shard, renamed, and handed on as one state dict; current weights go through unchanged.
+
+        Args:
+            model: The model being loaded.
+            state_dict: The weights of an unsharded checkpoint, or None (read from ``resolved_model_file``).
+            resolved_model_file: The weight files.
+            pretrained_model_name_or_path: Where they come from.
+            loaded_keys: The keys the files hold.
+            *args: Passed on to ``ModelMixin._load_pretrained_model``.
+            **kwargs: Passed on to ``ModelMixin._load_pretrained_model``.
+
+        Returns:
+            What ``ModelMixin._load_pretrained_model`` returns.
+        """
+        pattern = re.compile(_LEGACY_KEY_PATTERN)
+        if any(pattern.fullmatch(key) for key in loaded_keys):
+            if state_dict is None:
+                state_dict = {}
+                for file in resolved_model_file:
+                    state_dict.update(load_state_dict(file))
+            upgrade_legacy_attention_keys(state_dict)
+            loaded_keys = list(state_dict)
+        return super()._load_pretrained_model(
+            model,
+            state_dict,
+            resolved_model_file,
+            pretrained_model_name_or_path,
+            loaded_keys,
+            *args,
+            **kwargs,
+        )
 
     def save_pretrained(
         self,
@@ -461,6 +539,13 @@ class DiTModel(ModelMixin, ConfigMixin):
         if not return_dict:
             return (sample,)
         return Transformer2DModelOutput(sample=sample)
+
+
+def _upgrade_legacy_keys_hook(
+    module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any
+) -> None:
+    """Load-state-dict pre-hook: rename attention weights saved before the diffusers layout (in place)."""
+    upgrade_legacy_attention_keys(state_dict, prefix)
 
 
 def _check_positive_number(name: str, value: Any) -> None:

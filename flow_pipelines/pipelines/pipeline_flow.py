@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,73 +17,20 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..file_utils import atomic_update, is_weights_file
-from ..guidance import GuidedVelocity, check_guidance_interval, check_guidance_scale, check_transformer
+from ..guidance import GuidedVelocity, check_guidance_interval, check_transformer
 from ..models import DiTModel
 from ..paths import PREDICTION_TYPES, STRAIGHT_PATH, AffinePath, check_prediction_type
+from .call_arguments import (
+    OUTPUT_TYPES,
+    accepted_parameters,
+    check_finite_numbers,
+    check_latents,
+    check_sampling_guidance_scale,
+    dynamic_shift_mu,
+)
 from .class_labels import ClassLabels, normalize_id2label, resolve_class_labels
+from .remote_code import MODULE_FILE, add_module_files, resolve_module_entries
 from .saved_folder import check_saved_pipeline
-
-OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
-
-MAX_GUIDANCE_SCALE: float = 1000.0
-"""The largest guidance scale a call accepts. Useful scales lie around 1-20; far beyond, ``s * (cond - uncond)``
-only amplifies the difference of two predictions until the latents overflow to inf / NaN (1e30 does)."""
-
-# Defaults of diffusers' FLUX-style resolution-dependent shift, used when a scheduler with
-# `use_dynamic_shifting=True` does not carry them in its config.
-_DYNAMIC_SHIFT_DEFAULTS: dict[str, float] = {
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-}
-
-
-def check_sampling_guidance_scale(guidance_scale: float) -> float:
-    """Validate the guidance scale of a sampling call: a finite number in ``[0, MAX_GUIDANCE_SCALE]``.
-
-    Args:
-        guidance_scale: ``s`` in ``uncond + s * (cond - uncond)``.
-
-    Returns:
-        The scale as a float.
-
-    Raises:
-        ValueError: If it is not a finite number, is negative, or exceeds :data:`MAX_GUIDANCE_SCALE`.
-    """
-    scale = check_guidance_scale(guidance_scale)
-    if scale > MAX_GUIDANCE_SCALE:
-        raise ValueError(
-            f"guidance_scale={guidance_scale!r} is too large; allowed: a finite number in [0, {MAX_GUIDANCE_SCALE:g}] "
-            "(1 disables guidance, useful scales are about 1-20): far larger scales only amplify the difference of "
-            "two predictions, up to inf / NaN latents."
-        )
-    return scale
-
-
-def _check_finite_numbers(name: str, values: Any, low: float = -math.inf, high: float = math.inf) -> None:
-    """Require a number or a sequence / array / tensor of numbers to be finite and within ``[low, high]``."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().double().numpy()
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={values!r} must be numbers.") from None
-    if not np.isfinite(array).all() or (array < low).any() or (array > high).any():
-        allowed = (
-            "finite numbers"
-            if math.isinf(low) and math.isinf(high)
-            else f"finite numbers in [{low:g}, {high:g}]"
-        )
-        raise ValueError(f"{name}={values!r} is not allowed; allowed: {allowed}.")
-
-
-def _accepted_parameters(function: Callable) -> set[str]:
-    """Names of the keyword arguments ``function`` takes (everything, if it takes ``**kwargs``)."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return {"*"} | set(parameters)
-    return set(parameters)
 
 
 class FlowPipeline(DiffusionPipeline):
@@ -284,36 +229,23 @@ class FlowPipeline(DiffusionPipeline):
         check_sampling_guidance_scale(guidance_scale)
         check_guidance_interval(guidance_interval)
         if sigmas is not None:
-            _check_finite_numbers("sigmas", sigmas, 0.0, 1.0)
+            check_finite_numbers("sigmas", sigmas, 0.0, 1.0)
         if mu is not None:
-            _check_finite_numbers("mu", mu)
+            check_finite_numbers("mu", mu)
         batch_size = len(class_ids)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
-                f"got a list of {len(generator)} generators for {batch_size} class labels; pass one per label "
-                "or a single generator."
+                f"got a list of {len(generator)} generators for {batch_size} images; pass one per image (class "
+                "label x num_images_per_prompt) or a single generator."
             )
         if latents is not None:
-            expected = self._latent_shape(batch_size)
-            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
-                shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-                raise ValueError(
-                    f"latents has shape {shape}; expected {expected} (one per class label, "
-                    f"{expected[1]} channels, {expected[2]}x{expected[3]})."
-                )
-            if not latents.is_floating_point():
-                raise ValueError(f"latents has dtype {latents.dtype}; allowed: a floating-point tensor.")
-            non_finite = int((~torch.isfinite(latents)).sum())
-            if non_finite:
-                raise ValueError(
-                    f"latents has {non_finite} NaN or infinite value(s); allowed: finite values (Gaussian noise)."
-                )
+            check_latents(latents, self._latent_shape(batch_size))
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs has {unknown}; allowed: {self._callback_tensor_inputs}."
             )
-        accepted = _accepted_parameters(self.scheduler.set_timesteps)
+        accepted = accepted_parameters(self.scheduler.set_timesteps)
         for name, value in (("sigmas", sigmas), ("mu", mu)):
             if value is not None and name not in accepted and "*" not in accepted:
                 raise ValueError(
@@ -326,7 +258,7 @@ class FlowPipeline(DiffusionPipeline):
         self, num_inference_steps: int, sigmas: Sequence[float] | None, mu: float | None, device
     ) -> None:
         """Call ``scheduler.set_timesteps`` with only the arguments its signature takes."""
-        accepted = _accepted_parameters(self.scheduler.set_timesteps)
+        accepted = accepted_parameters(self.scheduler.set_timesteps)
         kwargs: dict[str, Any] = {"device": device}
         if sigmas is not None:
             kwargs["sigmas"] = list(sigmas)
@@ -340,17 +272,9 @@ class FlowPipeline(DiffusionPipeline):
 
     def _default_mu(self) -> float:
         """FLUX-style shift exponent from the number of transformer tokens, for dynamically shifted schedulers."""
-        config = {
-            **_DYNAMIC_SHIFT_DEFAULTS,
-            **{k: v for k, v in self.scheduler.config.items() if k in _DYNAMIC_SHIFT_DEFAULTS},
-        }
         _, _, height, width = self._latent_shape(1)
         patch = int(getattr(self.transformer.config, "patch_size", 1) or 1)
-        tokens = (height // patch) * (width // patch)
-        slope = (config["max_shift"] - config["base_shift"]) / (
-            config["max_image_seq_len"] - config["base_image_seq_len"]
-        )
-        return tokens * slope + config["base_shift"] - slope * config["base_image_seq_len"]
+        return dynamic_shift_mu(self.scheduler.config, (height // patch) * (width // patch))
 
     @staticmethod
     def _warn_if_not_finite(latents: torch.Tensor) -> None:
@@ -395,12 +319,13 @@ class FlowPipeline(DiffusionPipeline):
         guidance_interval: tuple[float, float] | None = None,
         sigmas: Sequence[float] | None = None,
         mu: float | None = None,
+        num_images_per_prompt: int = 1,
     ) -> ImagePipelineOutput | tuple:
-        r"""Generate one image per class label.
+        r"""Generate ``num_images_per_prompt`` images per class label.
 
         Args:
             class_labels: A class id, a class name (looked up in ``id2label``; a string is one name), or a
-                list / 1-d tensor of them; one image per entry.
+                (nested) list, 0-d / 1-d tensor or array of them, as diffusers' ``DiTPipeline`` takes them.
             num_inference_steps: Sampling steps (a Heun-type scheduler makes about two model evaluations
                 per step). Ignored when ``sigmas`` is given.
             guidance_scale: Classifier-free guidance scale ``s`` in ``uncond + s * (cond - uncond)``;
@@ -425,6 +350,8 @@ class FlowPipeline(DiffusionPipeline):
             sigmas: Explicit noise levels for schedulers whose ``set_timesteps`` accepts them.
             mu: Dynamic-shift exponent for schedulers that accept it; computed from the image size when
                 the scheduler has ``use_dynamic_shifting=True`` and none is given.
+            num_images_per_prompt: Images per class label, side by side in the output (label ``i``'s images are
+                entries ``i * n`` to ``i * n + n - 1``); ``generator`` lists and ``latents`` count all images.
 
         Returns:
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` if ``return_dict`` is False.
@@ -441,7 +368,15 @@ class FlowPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        class_ids = self.label_ids(class_labels)
+        if (
+            isinstance(num_images_per_prompt, bool)
+            or not isinstance(num_images_per_prompt, (int, np.integer))
+            or num_images_per_prompt < 1
+        ):
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be an integer >= 1.")
+        class_ids = [
+            class_id for class_id in self.label_ids(class_labels) for _ in range(num_images_per_prompt)
+        ]
         self.check_inputs(
             class_ids,
             num_inference_steps,
@@ -495,7 +430,7 @@ class FlowPipeline(DiffusionPipeline):
                     "about the data at sigma = 1); use a scheduler with prediction_type='velocity'."
                 )
         step_kwargs = (
-            {"generator": generator} if "generator" in _accepted_parameters(self.scheduler.step) else {}
+            {"generator": generator} if "generator" in accepted_parameters(self.scheduler.step) else {}
         )
 
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -544,13 +479,19 @@ class FlowPipeline(DiffusionPipeline):
         ``scheduler/``, ``vae/``) replaces the previous one as a whole, and ``model_index.json`` is replaced
         last, by a rename: no half-written file or component is ever visible, and a failure part-way leaves
         every file in place complete. Files of the user's are kept, beside the components and inside them;
-        only weight files of an earlier save of the same variant (stale shards) are dropped with their
-        component. The folder's ``model_index.json`` names ``flow_pipelines`` as the library of this package's
-        components, and ``id2label`` is kept in it.
+        only weight files of an earlier save of the same variant (stale shards, the other format) and module files
+        are dropped with their component.
+
+        The folder loads with ``FlowPipeline.from_pretrained`` and, through the module files it holds
+        (`~flow_pipelines.pipelines.remote_code`), with ``DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)`` and ``AutoModel.from_pretrained(folder, subfolder="transformer",
+        trust_remote_code=True)`` in a process that never imported this package. ``id2label`` is kept in
+        ``model_index.json``.
 
         Args:
             save_directory: The folder to create or update (``"."`` works).
-            safe_serialization: Must be True: weights are written as safetensors only.
+            safe_serialization: Write safetensors (default); False writes PyTorch ``.bin`` files as diffusers does
+                (they are only ever read back with ``torch.load(weights_only=True)``).
             variant: Weight file variant, e.g. ``"fp16"`` (``diffusion_pytorch_model.fp16.safetensors``).
             max_shard_size: Largest weight file before sharding (diffusers' default if None).
             push_to_hub: Afterwards upload the saved folder with `flow_pipelines.hub.push_pipeline_to_hub`.
@@ -558,33 +499,29 @@ class FlowPipeline(DiffusionPipeline):
                 ``private``, ``commit_message``; anything else goes to ``DiffusionPipeline.save_pretrained``.
 
         Raises:
-            ValueError: If ``safe_serialization`` is False, ``save_directory`` is a file, or one of the names the
-                pipeline writes (a component folder, ``model_index.json``) is taken there by an entry of the
-                other kind.
+            ValueError: If ``save_directory`` is a file, or one of the names the pipeline writes (a component
+                folder, ``model_index.json``) is taken there by an entry of the other kind.
         """
-        if not safe_serialization:
-            raise ValueError(
-                "safe_serialization=False is not supported: weights are saved as safetensors only."
-            )
         save_directory = Path(save_directory)
         if save_directory.exists() and not save_directory.is_dir():
             raise ValueError(f"save_directory={str(save_directory)!r} is a file; a folder is needed.")
         hub_options = {k: kwargs.pop(k) for k in ("token", "private", "commit_message") if k in kwargs}
         repo_id = kwargs.pop("repo_id", None)
 
-        def stale_weights(path: PurePosixPath) -> bool:
-            # Weight files inside a component folder, of the variant being written; never top-level files.
-            return len(path.parts) == 2 and is_weights_file(path, variant)
+        def owned(path: PurePosixPath) -> bool:
+            # Inside a component folder: weights of the variant being written, in either format, and module files.
+            return len(path.parts) == 2 and (is_weights_file(path, variant) or path.name == MODULE_FILE)
 
-        with atomic_update(save_directory, superseded=stale_weights) as staging:
+        with atomic_update(save_directory, superseded=owned) as staging:
             super().save_pretrained(
                 staging,
-                safe_serialization=True,
+                safe_serialization=safe_serialization,
                 variant=variant,
                 max_shard_size=max_shard_size,
                 push_to_hub=False,
                 **kwargs,
             )
+            add_module_files(staging)
         if push_to_hub:
             from ..hub import push_pipeline_to_hub
 
@@ -594,27 +531,61 @@ class FlowPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> FlowPipeline:
         """Load a saved pipeline from a folder or a Hub repo id (``DiffusionPipeline.from_pretrained``).
 
-        Weights are read from safetensors only. A local folder is checked first, so that a missing
-        ``model_index.json``, component folder, config or weight file is named in the error.
+        The folder's module files are not run: this package's classes they name are loaded from the installed
+        package, so no ``trust_remote_code`` is needed. Weights are read from safetensors, else from ``.bin``
+        files with ``torch.load(weights_only=True)`` (``use_safetensors=True`` / ``False`` picks one). A local
+        folder is checked first, so that a missing ``model_index.json``, component folder, config or weight file
+        is named in the error.
 
         Args:
             pretrained_model_name_or_path: A folder written by `save_pretrained`, or a Hub repo id.
-            **kwargs: As for ``DiffusionPipeline.from_pretrained`` (``torch_dtype``, ``variant``,
-                ``cache_dir``, ``revision``, components to replace, ...).
+            **kwargs: As for ``DiffusionPipeline.from_pretrained`` (``dtype`` / ``torch_dtype`` as one dtype or a
+                ``{component: dtype, "default": dtype}`` dict, ``variant``, ``use_safetensors``, ``cache_dir``,
+                ``revision``, components to replace, ...).
 
         Returns:
             The loaded pipeline.
 
         Raises:
-            ValueError: If a local folder lacks a file the pipeline needs.
+            ValueError: If a local folder lacks a file the pipeline needs, or (diffusers' message) no component has
+                the requested ``variant``.
         """
-        if kwargs.get("use_safetensors") is False:
-            raise ValueError(
-                "use_safetensors=False is not supported: weights are loaded from safetensors only."
-            )
-        kwargs["use_safetensors"] = True
         if os.path.isdir(pretrained_model_name_or_path):
-            check_saved_pipeline(
-                pretrained_model_name_or_path, variant=kwargs.get("variant"), skip=set(kwargs)
+            formats = check_saved_pipeline(
+                pretrained_model_name_or_path,
+                variant=kwargs.get("variant"),
+                skip=set(kwargs),
+                use_safetensors=kwargs.get("use_safetensors"),
             )
+            if formats == {"bin"}:
+                # Only .bin weights: said up front, diffusers does not log a failed safetensors lookup per model.
+                kwargs.setdefault("use_safetensors", False)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        """Read ``model_index.json`` with the module-file entries naming this package's classes resolved.
+
+        Used by diffusers' ``load_config`` and ``download`` on this class only, so that ``FlowPipeline.from_pretrained``
+        loads the installed classes (`resolve_module_entries`).
+
+        Args:
+            json_file: The file.
+
+        Returns:
+            Its content.
+        """
+        return resolve_module_entries(super()._dict_from_json_file(json_file))
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> tuple:
+        """diffusers' config reading, without ``auto_map`` (for ``AutoModel``, not an argument of the pipeline).
+
+        Args:
+            config_dict: The loaded ``model_index.json``.
+            **kwargs: As for ``ConfigMixin.extract_init_dict``.
+
+        Returns:
+            What ``ConfigMixin.extract_init_dict`` returns.
+        """
+        return super().extract_init_dict({k: v for k, v in config_dict.items() if k != "auto_map"}, **kwargs)

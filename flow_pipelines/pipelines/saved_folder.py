@@ -2,8 +2,10 @@
 
 diffusers reports a missing component file deep in its loader, often as an unrelated error, and a truncated
 weights file or a broken JSON config as a long traceback; a local folder is checked here first so that the
-message names the file. The checks read only what is cheap: every JSON file the loader needs, and the header of
-every safetensors file (which safetensors checks against the file's size, so a truncated file is caught).
+message names the file. The checks read only what is cheap: every JSON file the loader needs, the header of
+every safetensors file (which safetensors checks against the file's size, so a truncated file is caught) and the
+zip directory at the end of every ``.bin`` file (written by ``torch.save``; a truncated one has none). A ``.bin`` is
+only ever read with ``torch.load(weights_only=True)``, here and in diffusers: no pickled code runs.
 """
 
 from __future__ import annotations
@@ -11,15 +13,20 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import DiffusionPipeline, ModelMixin
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from diffusers.utils.hub_utils import _add_variant
 from safetensors import SafetensorError, safe_open
+
+from .remote_code import resolve_module_entries
 
 
 def _component_base(library_name: str, class_name: str) -> type | None:
@@ -78,15 +85,54 @@ def check_safetensors(path: Path) -> None:
         ) from None
 
 
-def _check_weights(component: Path, name: str, candidates: list[str], folder: Path) -> None:
-    """Check the weights a model component will be loaded from: the first candidate present, whole."""
+def check_pickle_weights(path: Path) -> None:
+    """Check that a ``.bin`` weights file is whole and holds only tensors, as ``torch.load(weights_only=True)`` sees it.
+
+    The file is read by the same restricted unpickler diffusers uses (memory-mapped, so tensor data is not read):
+    no code in it runs, and a file holding anything but tensors and plain containers is refused here, by name.
+
+    Args:
+        path: The weights file.
+
+    Raises:
+        ValueError: Naming the file, if it is truncated, was not written by ``torch.save``, or holds objects
+            ``weights_only`` loading refuses.
+    """
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(
+            f"{path} is not a readable PyTorch weights file (truncated, or not written by torch.save: {error}); "
+            "save the pipeline again."
+        ) from None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"{path} holds more than tensors, so torch.load(weights_only=True) refuses it and it is not loaded; "
+            f"nothing in it was run ({reason})."
+        ) from None
+
+
+def _check_weight_file(path: Path) -> str:
+    """Check one weights file; returns its format, ``"safetensors"`` or ``"bin"``."""
+    if path.name.endswith(".safetensors"):
+        check_safetensors(path)
+        return "safetensors"
+    check_pickle_weights(path)
+    return "bin"
+
+
+def _check_weights(component: Path, name: str, candidates: list[str], folder: Path) -> str:
+    """Check the weights a model component will be loaded from (the first candidate present); returns the format."""
     for candidate in candidates:
         path = component / candidate
         if not path.is_file():
             continue
         if not candidate.endswith(".json"):
-            check_safetensors(path)
-            return
+            return _check_weight_file(path)
         index = read_json(path, f"the {name} weight index")
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
@@ -99,30 +145,56 @@ def _check_weights(component: Path, name: str, candidates: list[str], folder: Pa
                 raise ValueError(
                     f"{folder} lacks {shard_path.relative_to(folder)}, a {name} weight shard named in {candidate}."
                 )
-            check_safetensors(shard_path)
-        return
+            _check_weight_file(shard_path)
+        return "safetensors" if candidate.startswith(SAFETENSORS_WEIGHTS_NAME) else "bin"
     raise ValueError(
         f"{folder} lacks the {name} weights: {(component / candidates[0]).relative_to(folder)} is missing "
         f"(looked for {', '.join(candidates)} in {component})."
     )
 
 
+def weight_candidates(variant: str | None = None, use_safetensors: bool | None = None) -> list[str]:
+    """The weight file names a model folder is loaded from, in the order diffusers prefers them.
+
+    Args:
+        variant: The weight variant requested, if any (its files come first; plain ones are the fallback).
+        use_safetensors: True: safetensors only; False: ``.bin`` only; None: safetensors, else ``.bin``.
+
+    Returns:
+        Single-file and shard-index names.
+    """
+    names = [SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME]
+    if use_safetensors is not None:
+        names = [name for name in names if name.endswith(".safetensors") == use_safetensors]
+    plain = [form for name in names for form in (name, name + ".index.json")]
+    if variant is None:
+        return plain
+    return [_add_variant(name, variant) for name in plain] + plain
+
+
 def check_saved_pipeline(
-    folder: str | os.PathLike, variant: str | None = None, skip: set[str] | None = None
-) -> None:
+    folder: str | os.PathLike,
+    variant: str | None = None,
+    skip: set[str] | None = None,
+    use_safetensors: bool | None = None,
+) -> set[str]:
     """Check that a saved pipeline folder has every file its ``model_index.json`` needs, readable.
 
-    Models need ``config.json`` and safetensors weights (single file or sharded index, plain or of the
-    given variant); schedulers need ``scheduler_config.json``. JSON files must parse and weight files must be
-    whole.
+    Models need ``config.json`` and weights (safetensors or ``.bin``, single file or sharded index, plain or of
+    the given variant); schedulers need ``scheduler_config.json``. JSON files must parse and weight files must be
+    whole. Entries naming the folder's module files (``["pipeline_flow", "DiTModel"]``) are this package's classes.
 
     Args:
         folder: The saved pipeline folder.
         variant: The weight variant that will be requested, if any.
         skip: Component names not to check (e.g. those passed to ``from_pretrained`` directly).
+        use_safetensors: As for ``from_pretrained``: True: safetensors only; False: ``.bin`` only; None: either.
+
+    Returns:
+        The weight formats the models will be loaded from (``"safetensors"``, ``"bin"``).
 
     Raises:
-        ValueError: Naming the first missing, truncated or unparsable file.
+        ValueError: Naming the first missing, truncated or unparsable file, or a ``.bin`` holding more than tensors.
     """
     folder = Path(folder)
     index_path = folder / DiffusionPipeline.config_name
@@ -131,6 +203,8 @@ def check_saved_pipeline(
     index = read_json(index_path, "the pipeline's component list")
     if not isinstance(index, dict):
         raise ValueError(f"{index_path} (the pipeline's component list) holds no JSON object.")
+    index = resolve_module_entries(index)
+    formats = set()
     for name, entry in index.items():
         if name.startswith("_") or name in (skip or set()) or not isinstance(entry, list) or len(entry) != 2:
             continue
@@ -146,7 +220,5 @@ def check_saved_pipeline(
         read_json(config, f"the {name} configuration")
         if base is SchedulerMixin:
             continue
-        candidates = [SAFETENSORS_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME + ".index.json"]
-        if variant is not None:
-            candidates = [_add_variant(c, variant) for c in candidates] + candidates
-        _check_weights(component, name, candidates, folder)
+        formats.add(_check_weights(component, name, weight_candidates(variant, use_safetensors), folder))
+    return formats

@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..data_sources import DIGITS_DATASET
 from ..evaluation.digits import evaluate_digit_pipeline
 from ..file_utils import atomic_file, write_json
 from ..hub import check_push_access, push_pipeline_to_hub, write_model_card
+from ..model_card import results_from_evaluation
 from ..pipelines import FlowPipeline
 from ..schedulers import FlowEulerScheduler
 from .guards import check_finite_weights
@@ -236,7 +238,10 @@ def save_result(
         dataset_name=dataset_name,
         id2label=pipeline.id2label,
         sample_grid=SAMPLE_GRID_NAME,
-        evaluation=evaluation,
+        # Measured with the pipeline's own scheduler, the Euler one saved with it.
+        results=results_from_evaluation({**evaluation, "sampler": "euler"}, DIGITS_DATASET)
+        if evaluation
+        else None,
         repo_id=args.hub_model_id if args.push_to_hub else None,
         model_name=args.hub_model_id.split("/")[-1] if args.hub_model_id else Path(args.output_dir).name,
         prediction_type=args.prediction_type,
