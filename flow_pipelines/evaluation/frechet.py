@@ -127,7 +127,8 @@ class FeatureStatistics:
         array = np.asarray(array, dtype=np.float64)
         if array.ndim != 2 or array.shape[0] < 2:
             raise ValueError(f"features must be (N >= 2, D); got shape {array.shape}.")
-        return cls(array.mean(axis=0), np.cov(array, rowvar=False), int(array.shape[0]), dict(metadata))
+        covariance = np.atleast_2d(np.cov(array, rowvar=False))  # (1, 1), not a scalar, for one feature
+        return cls(array.mean(axis=0), covariance, int(array.shape[0]), dict(metadata))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``mu``, ``sigma``, ``num_samples`` and the metadata (JSON) to an ``.npz``, atomically.
@@ -279,6 +280,10 @@ class FrechetDistance:
         ):
             batch = images[start : start + self.batch_size].to(self.device)
             self.metric.update(batch, real=real)
+
+    def reset_generated(self) -> None:
+        """Forget the generated images accumulated so far (the reference stays), to score another set."""
+        self.metric.reset()
 
     def reference_statistics(self, **metadata: Any) -> FeatureStatistics:
         """Mean and covariance of the reference features accumulated so far.
