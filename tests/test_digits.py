@@ -1,4 +1,4 @@
-"""The independent digit classifier used to score generated digits."""
+"""The independent digit classifier, and the digits report: accuracy and distribution of generated digits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from flow_pipelines.evaluation.digits import DigitClassifier, evaluate_digit_pipeline, to_digit_features
+from flow_pipelines import FlowEulerScheduler, FlowHeunScheduler
+from flow_pipelines.evaluation.digits import (
+    DigitClassifier,
+    DigitDistribution,
+    digit_report,
+    evaluate_digit_pipeline,
+    format_digit_report,
+    to_digit_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +52,51 @@ class _ReplayPipeline:
 
     def __init__(self, classifier: DigitClassifier, shuffle_labels: bool) -> None:
         self.transformer = type("T", (), {"config": type("C", (), {"num_classes": 10, "sample_size": 8})()})()
+        self.scheduler = FlowEulerScheduler()
         self.by_class = {d: classifier.heldout_images[classifier.heldout_labels == d] for d in range(10)}
         self.shuffle_labels = shuffle_labels
-        self.calls = 0
 
     def __call__(self, class_labels, num_inference_steps, guidance_scale, generator, output_type):
-        self.calls += 1
+        assert output_type == "np"
+        self.scheduler.set_timesteps(num_inference_steps)
         picks = [(d + 3) % 10 if self.shuffle_labels else d for d in class_labels]
         images = np.stack([self.by_class[d][i % len(self.by_class[d])] for i, d in enumerate(picks)])
-        return type("Out", (), {"images": torch.from_numpy(images).float()[:, None]})()
+        return type("Out", (), {"images": images[..., None]})()
 
 
-def test_pipeline_evaluation_counts_correct_classes(classifier: DigitClassifier) -> None:
+def test_pipeline_evaluation_counts_correct_classes_and_measures_the_distribution(
+    classifier: DigitClassifier,
+) -> None:
+    distribution = DigitDistribution(resolution=8)
     good = evaluate_digit_pipeline(
-        _ReplayPipeline(classifier, False), classifier, samples_per_class=20, batch_size=64
+        _ReplayPipeline(classifier, False), classifier, distribution, samples_per_class=20, batch_size=64
     )
     assert good["digit_accuracy"] > 0.95 and good["num_samples"] == 200
-    bad = evaluate_digit_pipeline(_ReplayPipeline(classifier, True), classifier, samples_per_class=20)
+    assert good["num_inference_steps"] == good["num_model_evaluations"] == 20
+    # Real digits: near the real-vs-real floor on every distribution figure.
+    assert good["fd_ratio"] < 1.5 and good["fd_ratio"] == pytest.approx(good["fd"] / good["fd_floor"])
+    assert good["precision"] > 0.8 and good["recall"] > 0.8
+    bad = evaluate_digit_pipeline(
+        _ReplayPipeline(classifier, True), classifier, distribution, samples_per_class=20
+    )
     assert bad["digit_accuracy"] < 0.05
     assert good["classifier_heldout_accuracy"] == classifier.heldout_accuracy
+    with pytest.raises(ValueError, match=r"samples_per_class=88 must lie in \[1, 87\]"):
+        evaluate_digit_pipeline(
+            _ReplayPipeline(classifier, False), classifier, distribution, samples_per_class=88
+        )
+
+
+def test_a_report_counts_model_evaluations_not_steps(make_flow_pipeline) -> None:
+    pipeline = make_flow_pipeline(scheduler=FlowHeunScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    rows = digit_report(
+        pipeline, guidance_scales=(2.0, 1.0, 2.0), model_evaluations=(4, 8), samples_per_class=3
+    )
+    settings = [
+        (row["guidance_scale"], row["num_inference_steps"], row["num_model_evaluations"]) for row in rows
+    ]
+    # Heun calls the model twice a step but the last: 2 steps fit in 4 evaluations (3 calls), 4 in 8 (7 calls).
+    assert settings == [(2.0, 2, 3), (2.0, 4, 7), (1.0, 2, 3), (1.0, 4, 7)]
+    table = format_digit_report(rows).splitlines()
+    assert len(table) == 6 and table[2].startswith("| 2 | 3 | ")

@@ -1,6 +1,6 @@
 """Flow-matching schedulers that plug into diffusers."""
 
-from .registry import SCHEDULERS, make_scheduler
+from .registry import SCHEDULERS, make_scheduler, model_evaluations, steps_for_model_evaluations
 from .scheduling_flow_common import FlowSchedulerBase, FlowSchedulerOutput, FlowStep
 from .scheduling_flow_euler import FlowEulerScheduler
 from .scheduling_flow_heun import FlowHeunScheduler
@@ -19,4 +19,6 @@ __all__ = [
     "SCHEDULERS",
     "diffusion_coefficient",
     "make_scheduler",
+    "model_evaluations",
+    "steps_for_model_evaluations",
 ]

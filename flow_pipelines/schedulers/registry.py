@@ -101,3 +101,42 @@ def make_scheduler(name: str, config: dict[str, Any] | None = None) -> Scheduler
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler={name!r} is not supported; allowed: {', '.join(SCHEDULERS)}.")
     return SCHEDULERS[name](dict(config or {}))
+
+
+def model_evaluations(scheduler: SchedulerMixin, num_inference_steps: int) -> int:
+    """Model calls per image (a guided call counted once) of ``num_inference_steps`` steps of ``scheduler``.
+
+    Every sampler calls the model once per entry of its ``timesteps``: one per step for Euler and the
+    multistep solvers, two per step but the last for Heun.
+
+    Args:
+        scheduler: Any scheduler (a copy is set up; the scheduler itself is left as it is).
+        num_inference_steps: Steps.
+
+    Returns:
+        The number of model evaluations.
+    """
+    probe = type(scheduler).from_config(scheduler.config)
+    probe.set_timesteps(num_inference_steps)
+    return int(len(probe.timesteps))
+
+
+def steps_for_model_evaluations(scheduler: SchedulerMixin, budget: int) -> int:
+    """The most steps of ``scheduler`` whose model evaluations fit in ``budget`` (Heun: 4 steps for 8).
+
+    Args:
+        scheduler: Any scheduler.
+        budget: Model evaluations per image allowed.
+
+    Returns:
+        The number of steps (at least 1).
+
+    Raises:
+        ValueError: If ``budget`` < 1.
+    """
+    if budget < 1:
+        raise ValueError(f"budget={budget} model evaluations must be >= 1.")
+    steps = 1
+    while steps < budget and model_evaluations(scheduler, steps + 1) <= budget:
+        steps += 1
+    return steps
