@@ -1,26 +1,35 @@
-"""Evaluate a saved `FlowPipeline`: FID, FD-DINOv2, digit accuracy and bits per dimension.
+"""Evaluate a saved `FlowPipeline`: FID, FD-DINOv2, the digits' accuracy and distribution, bits per dimension.
 
-Example (the pipeline that ``accelerate launch train_scripts/train_flow.py`` leaves, 16x16, against
-scikit-learn's 8x8 digits brought to its size)::
+Example (the pipeline that ``accelerate launch train_scripts/train_flow.py`` leaves, 8x8 like scikit-learn's
+digits it is compared with)::
 
     python -m flow_pipelines.evaluate --model outputs/digits/pipeline --reference sklearn_digits \\
-        --resize-reference --num-samples 2000 --scheduler heun --steps 30 --guidance 1.5 \\
+        --num-samples 2000 --scheduler heun --steps 30 --guidance 1.5 \\
         --metrics fd_dinov2 digit_accuracy bpd --output-dir outputs/digits/eval
 
 (FID's standard 2048 Inception features need at least 2049 reference images, more than the digits' 1,797;
 ``--fid-features 768`` fits them.)
 
+A model trained on the digits is best judged by ``--metrics digits``: digit accuracy, and FD, precision and
+recall in a fixed feature space of real digits against their real-vs-real floor
+(:mod:`flow_pipelines.evaluation.digits`). ``--guidance-sweep 1 1.5 2 3 4`` measures every sample metric at each
+guidance scale and draws the trade-off (``guidance_sweep.png``, with the table in ``guidance_sweep.json``)::
+
+    python -m flow_pipelines.evaluate --model outputs/digits/pipeline --metrics digits --num-samples 500 \
+        --steps 8 --guidance-sweep 1 1.5 2 3 4 --output-dir outputs/digits/sweep
+
 Samples are drawn balanced over the classes (sample ``i`` has class ``i mod K``), each from its own
 generator seeded ``seed + i`` (so a sample does not depend on the batch size), quantised to uint8 once
 as a PNG would be, and written to ``samples.npz`` in the ADM layout (``arr_0`` uint8 NHWC, ``arr_1`` labels)
-that openai/guided-diffusion's reference evaluator reads. The figures go to ``metrics.json``, one record
-per metric (metric, value, num_samples, scheduler, steps, guidance, protocol, extractor, ...). Reference
+that openai/guided-diffusion's reference evaluator reads (``samples-guidance-<g>.npz`` for each scale of a
+sweep). The figures go to ``metrics.json``, one record per metric and guidance scale (metric, value,
+num_samples, scheduler, steps, guidance, protocol, extractor, ...). Reference
 statistics are cached as ``.npz`` (mu, sigma) under ``--stats-cache``, keyed by the reference, its
 preprocessing and the extractor, so repeated evaluations read the reference once.
 
-Results are never replaced silently: if ``metrics.json`` (or ``samples.npz``, when samples are drawn) exists
-in ``--output-dir``, the command stops before any work unless ``--overwrite`` is given, and it says which
-files it wrote or replaced. Both are written atomically. Bad input ends with one ``error: ...`` line and exit
+Results are never replaced silently: if ``metrics.json`` (or a samples or sweep file the command would write)
+exists in ``--output-dir``, the command stops before any work unless ``--overwrite`` is given, and it says
+which files it wrote or replaced. All are written atomically. Bad input ends with one ``error: ...`` line and exit
 status 2 (see :mod:`flow_pipelines.cli_utils`).
 
 ``--reference`` is scikit-learn's digits (``sklearn_digits``), a ``datasets`` name or ``save_to_disk``
@@ -59,6 +68,7 @@ from .cli_utils import (
     load_sampling_pipeline,
     sampling_parser,
 )
+from .evaluation.digits import DIGIT_PCA_COMPONENTS, DigitClassifier, DigitDistribution
 from .evaluation.dinov2 import DINOV2_DEFAULT_MODEL, DINOV2_POOLINGS, DinoV2FeatureExtractor
 from .evaluation.features import FeatureExtractor, WeightsUnavailableError
 from .evaluation.frechet import FeatureStatistics, FrechetDistance, check_enough_samples, check_same_geometry
@@ -66,21 +76,29 @@ from .evaluation.inception import INCEPTION_FEATURE_DIMS, InceptionFeatureExtrac
 from .evaluation.likelihood import DIVERGENCES, METHODS, image_bits_per_dim
 from .evaluation.reference import ReferenceSource, iter_reference, open_reference, reference_indices
 from .file_utils import atomic_file
-from .guidance import GuidedVelocity
+from .guidance import GuidedVelocity, check_guidance_scale
 from .hub import update_model_card
 from .images import quantize_images
+from .visualization import plot_guidance_sweep
 
 FRECHET_METRICS: tuple[str, ...] = ("fid", "fd_dinov2")
-METRICS: tuple[str, ...] = (*FRECHET_METRICS, "digit_accuracy", "bpd")
+DIGIT_METRICS: tuple[str, ...] = ("digit_accuracy", "digit_fd", "digit_precision", "digit_recall")
+SAMPLE_METRICS: tuple[str, ...] = (*FRECHET_METRICS, *DIGIT_METRICS)
+"""Metrics measured on generated samples (the ones a guidance sweep repeats)."""
+METRICS: tuple[str, ...] = (*SAMPLE_METRICS, "bpd")
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {"digits": DIGIT_METRICS}
+"""Names that stand for several metrics."""
 DEPRECATED_METRICS: dict[str, str] = {"digits_accuracy": "digit_accuracy"}
 """Former metric names, still accepted with a FutureWarning: old name -> current name."""
+SWEEP_TABLE = "guidance_sweep.json"
+SWEEP_PLOT = "guidance_sweep.png"
 DEFAULT_STATS_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flow_pipelines" / "reference_stats"
 )
 
 
 def check_metrics(metrics: Sequence[str]) -> list[str]:
-    """Validate metric names (order kept, duplicates dropped, former names replaced by the current ones).
+    """Validate metric names (order kept, duplicates dropped, groups expanded, former names replaced).
 
     Args:
         metrics: Requested names.
@@ -89,7 +107,7 @@ def check_metrics(metrics: Sequence[str]) -> list[str]:
         The current names, deduplicated.
 
     Raises:
-        ValueError: For an unknown name, listing the known ones.
+        ValueError: For an unknown name, listing the known ones and the groups (``digits``).
 
     Warns:
         FutureWarning: For a former name (see :data:`DEPRECATED_METRICS`), naming its replacement.
@@ -101,10 +119,12 @@ def check_metrics(metrics: Sequence[str]) -> list[str]:
             stacklevel=2,
         )
     metrics = [DEPRECATED_METRICS.get(m, m) for m in metrics]
+    metrics = [member for m in metrics for member in METRIC_GROUPS.get(m, (m,))]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(
-            f"Unknown metric(s) {', '.join(map(repr, unknown))}; known metrics: {', '.join(METRICS)}."
+            f"Unknown metric(s) {', '.join(map(repr, unknown))}; known metrics: {', '.join(METRICS)}, or the group "
+            f"{', '.join(METRIC_GROUPS)}."
         )
     if not metrics:
         raise ValueError(f"No metric requested; known metrics: {', '.join(METRICS)}.")
@@ -156,7 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Bring reference images to the model's resolution and channels with the training transform.",
     )
     parser.add_argument("--interpolation", default="bilinear", help="Resize filter for --resize-reference.")
-    parser.add_argument("--metrics", nargs="+", default=["fid"], help=f"Any of: {', '.join(METRICS)}.")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["fid"],
+        help=f"Any of: {', '.join(METRICS)}; 'digits' is all four digit metrics.",
+    )
+    parser.add_argument(
+        "--guidance-sweep",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="SCALE",
+        help="Measure the sample metrics at each of these guidance scales (instead of --guidance) and plot them.",
+    )
     parser.add_argument("--num-samples", type=int, default=10_000, help="Images to generate.")
     parser.add_argument("--batch-size", type=int, default=64, help="Images per pipeline call.")
     parser.add_argument(
@@ -428,10 +461,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """
     args = build_parser().parse_args(argv)
     metrics = check_metrics(args.metrics)
-    draws_samples = any(m in FRECHET_METRICS or m == "digit_accuracy" for m in metrics)
-    outputs = [args.output_dir / "metrics.json"] + (
-        [args.output_dir / "samples.npz"] if draws_samples else []
-    )
+    sample_metrics = [m for m in metrics if m in SAMPLE_METRICS]
+    guidances = _guidance_scales(args, bool(sample_metrics))
+    sweep = args.guidance_sweep is not None
+    sample_files = {g: args.output_dir / _samples_name(g, sweep) for g in guidances} if sample_metrics else {}
+    outputs = [args.output_dir / "metrics.json", *sample_files.values()]
+    if sweep:
+        outputs += [args.output_dir / SWEEP_TABLE, args.output_dir / SWEEP_PLOT]
     for output in outputs:
         check_output_file(output, args.overwrite, "--output-dir")
     if args.update_card and not (Path(args.model) / "README.md").is_file():
@@ -447,9 +483,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     pipeline = load_sampling_pipeline(args)
     pipeline.set_progress_bar_config(disable=True)
     geometry = _output_geometry(pipeline)
-    if "digit_accuracy" in metrics and pipeline.null_class_id != 10:
+    digit_metrics = [m for m in metrics if m in DIGIT_METRICS]
+    if digit_metrics and pipeline.null_class_id != 10:
         raise ValueError(
-            f"digit_accuracy needs a 10-class digit model; this one has {pipeline.null_class_id} classes."
+            f"{', '.join(digit_metrics)} need{'s' if len(digit_metrics) == 1 else ''} a 10-class digit model; this "
+            f"one has {pipeline.null_class_id} classes."
         )
     if "bpd" in metrics and pipeline.vae is not None:
         raise ValueError(
@@ -457,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         )
 
     # Everything that can fail cheaply fails before reading the reference or sampling.
+    digits = _digit_scorers(digit_metrics, geometry, args)
     frechet: dict[str, FrechetDistance] = {}
     for metric in (m for m in metrics if m in FRECHET_METRICS):
         extractor = build_extractor(metric, args, device)
@@ -481,30 +520,32 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     records: list[dict[str, Any]] = []
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    if frechet or "digit_accuracy" in metrics:
+    for guidance, samples_path in sample_files.items():
         images, labels = generate_samples(
-            pipeline, args.num_samples, args.batch_size, args.steps, args.guidance, args.seed
+            pipeline, args.num_samples, args.batch_size, args.steps, guidance, args.seed
         )
-        samples_path = args.output_dir / "samples.npz"
         replaced = samples_path.exists()
         save_samples(samples_path, images, labels, overwrite=args.overwrite)
-        _report_written(samples_path, replaced, f" ({len(images)} samples)")
+        _report_written(
+            samples_path, replaced, f" ({len(images)} samples{f', guidance {guidance:g}' if sweep else ''})"
+        )
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
         for metric, distance in frechet.items():
-            distance.update(pixels, real=False, description="generated")
-            value = distance.compute()
+            distance.reset_generated()
+            distance.update(pixels, real=False, description=f"generated, guidance {guidance:g}")
             records.append(
                 _record(
                     metric,
-                    value,
+                    distance.compute(),
                     args,
+                    guidance=guidance,
                     num_reference=distance.num_reference,
                     protocol=distance.extractor.protocol,
                     extractor=distance.extractor.identifier,
                 )
             )
-        if "digit_accuracy" in metrics:
-            records.append(_digit_accuracy_record(pixels, labels, geometry, args))
+        if digits is not None:
+            records += _digit_records(digit_metrics, *digits, pixels, labels, guidance, args)
 
     if "bpd" in metrics:
         records.append(_bpd_record(pipeline, bpd_pixels, bpd_labels, args, device))
@@ -514,29 +555,178 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with atomic_file(metrics_path, overwrite=args.overwrite) as handle:
         handle.write(json.dumps(records, indent=2).encode())
     for record in records:
-        print(f"{record['metric']:>16}: {record['value']:.6g}")
+        setting = (
+            f" (guidance {record['guidance']:g})" if sweep and record["metric"] in SAMPLE_METRICS else ""
+        )
+        print(f"{record['metric']:>16}: {record['value']:.6g}{setting}")
     _report_written(metrics_path, replaced)
+    if sweep:
+        _write_sweep(records, sample_metrics, args)
     if args.update_card:
         _report_written(update_model_card(args.model, results=records), replaced=True, detail=" (results)")
     return records
 
 
-def _digit_accuracy_record(
-    pixels: torch.Tensor, labels: np.ndarray, geometry: tuple[int, int, int], args: argparse.Namespace
-) -> dict[str, Any]:
-    from .evaluation.digits import DigitClassifier
+def _guidance_scales(args: argparse.Namespace, draws_samples: bool) -> list[float]:
+    """The guidance scales to sample at: the sweep's (sorted, each once) or ``--guidance``."""
+    if args.guidance_sweep is None:
+        return [check_guidance_scale(args.guidance)]
+    if not draws_samples:
+        raise ValueError(
+            f"--guidance-sweep repeats the sample metrics ({', '.join(SAMPLE_METRICS)}); none is requested."
+        )
+    if len(args.guidance_sweep) < 2:
+        raise ValueError(
+            f"--guidance-sweep {args.guidance_sweep[0]:g} is one scale; a sweep takes two or more."
+        )
+    return sorted({check_guidance_scale(g) for g in args.guidance_sweep})
 
-    classifier = DigitClassifier.fit()
-    predictions = classifier.predict(pixels.float() / 255.0)
-    correct = predictions == labels
+
+def _samples_name(guidance: float, sweep: bool) -> str:
+    return f"samples-guidance-{guidance:g}.npz" if sweep else "samples.npz"
+
+
+def _digit_scorers(
+    digit_metrics: Sequence[str], geometry: tuple[int, int, int], args: argparse.Namespace
+) -> tuple[DigitClassifier | None, DigitDistribution | None] | None:
+    """The classifier and the feature space the digit metrics need (None when none is requested)."""
+    if not digit_metrics:
+        return None
+    if geometry[1] != geometry[2]:
+        raise ValueError(
+            f"The digit metrics take square images; the model's are {geometry[1]}x{geometry[2]}."
+        )
+    classifier = DigitClassifier.fit() if "digit_accuracy" in digit_metrics else None
+    distribution = None
+    if set(digit_metrics) - {"digit_accuracy"}:
+        distribution = DigitDistribution(geometry[1], args.interpolation)
+        compared = min(args.num_samples, distribution.max_balanced_samples)
+        check_enough_samples(compared, DIGIT_PCA_COMPONENTS, "samples (--num-samples) for the digit FD")
+    return classifier, distribution
+
+
+def _digit_records(
+    digit_metrics: Sequence[str],
+    classifier: DigitClassifier | None,
+    distribution: DigitDistribution | None,
+    pixels: torch.Tensor,
+    labels: np.ndarray,
+    guidance: float,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Records of the requested digit metrics for one set of samples."""
+    images = pixels.float() / 255.0
+    records = []
+    if classifier is not None:
+        records.append(_digit_accuracy_record(classifier, images, labels, guidance, args))
+    if distribution is None:
+        return records
+    # The first samples are balanced over the digits (sample i has class i mod 10); the floor matches them.
+    compared = min(len(labels), distribution.max_balanced_samples)
+    report = distribution.compare(images[:compared], labels[:compared]).as_dict()
+    common = {
+        "guidance": guidance,
+        "num_samples": report["num_samples"],
+        "num_reference": report["num_reference"],
+        "protocol": f"uint8 samples area-averaged to 8x8 grey, {DIGIT_PCA_COMPONENTS}-component PCA of real digits; "
+        "reference: half of the digits, floor: the other half at the same size and class counts",
+        "extractor": "PCA of scikit-learn's digits (flow_pipelines.evaluation.digits.DigitDistribution)",
+    }
+    if "digit_fd" in digit_metrics:
+        fields = {"fd_floor": report["fd_floor"], "fd_ratio": report["fd_ratio"]}
+        records.append(_record("digit_fd", report["fd"], args, **common, **fields))
+    for name in ("precision", "recall"):
+        if f"digit_{name}" in digit_metrics:
+            floor = {"floor": report[f"{name}_floor"], "k": distribution.k}
+            records.append(_record(f"digit_{name}", report[name], args, **common, **floor))
+    return records
+
+
+def sweep_table(
+    records: Sequence[dict[str, Any]], metrics: Sequence[str]
+) -> tuple[list[dict[str, float]], dict]:
+    """The rows of a guidance sweep (one per scale) and where real data stands, from the metric records.
+
+    Args:
+        records: The records of :func:`main` (each with its ``guidance``).
+        metrics: The sample metrics measured.
+
+    Returns:
+        ``(rows, floors)``: ``rows`` hold ``guidance`` and one value per metric (the digit FD as
+        ``digit_fd_ratio``, its ratio to the real-vs-real floor); ``floors`` the real-data value of the columns
+        that have one.
+    """
+    rows: dict[float, dict[str, float]] = {}
+    floors: dict[str, float] = {}
+    for record in records:
+        if record["metric"] not in metrics:
+            continue
+        row = rows.setdefault(record["guidance"], {"guidance": record["guidance"]})
+        if record["metric"] == "digit_fd":
+            row["digit_fd_ratio"] = record["fd_ratio"]
+            floors["digit_fd_ratio"] = 1.0
+        else:
+            row[record["metric"]] = record["value"]
+        if "floor" in record:
+            floors[record["metric"]] = record["floor"]
+        if record["metric"] == "digit_accuracy":
+            floors["digit_accuracy"] = record["classifier_roundtrip_accuracy"]
+    return [rows[g] for g in sorted(rows)], floors
+
+
+def _write_sweep(records: Sequence[dict[str, Any]], metrics: Sequence[str], args: argparse.Namespace) -> None:
+    """Write the sweep's table (JSON) and plot (PNG) and print the table."""
+    rows, floors = sweep_table(records, metrics)
+    setting = {
+        "model": str(args.model),
+        "scheduler": args.scheduler,
+        "steps": args.steps,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+    }
+    table_path, plot_path = args.output_dir / SWEEP_TABLE, args.output_dir / SWEEP_PLOT
+    title = f"{'/'.join(Path(str(args.model)).parts[-2:])}: {args.scheduler}, {args.steps} steps, {args.num_samples} samples"
+    plot = plot_guidance_sweep(rows, floors, title)
+    for path, write in (
+        (
+            table_path,
+            lambda handle: handle.write(
+                json.dumps({**setting, "floors": floors, "rows": rows}, indent=2).encode()
+            ),
+        ),
+        (plot_path, lambda handle: plot.save(handle, format="PNG")),
+    ):
+        replaced = path.exists()
+        with atomic_file(path, overwrite=args.overwrite) as handle:
+            write(handle)
+        _report_written(path, replaced)
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(f"{row[c]:.4g}" for c in columns) + " |")
+    print(
+        "| real data | " + " | ".join(f"{floors[c]:.4g}" if c in floors else "" for c in columns[1:]) + " |"
+    )
+
+
+def _digit_accuracy_record(
+    classifier: DigitClassifier,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    guidance: float,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    correct = classifier.predict(images) == labels
     per_class = [float(correct[labels == digit].mean()) for digit in range(10) if (labels == digit).any()]
     return _record(
         "digit_accuracy",
         float(correct.mean()),
         args,
+        guidance=guidance,
         per_class_min_accuracy=min(per_class),
         classifier_heldout_accuracy=classifier.heldout_accuracy,
-        classifier_roundtrip_accuracy=classifier.roundtrip_accuracy(geometry[1], args.interpolation),
+        classifier_roundtrip_accuracy=classifier.roundtrip_accuracy(images.shape[-1], args.interpolation),
         protocol="uint8 samples area-averaged to 8x8 grey, read by an RBF SVM fitted on real digits; share read as "
         "the class requested",
         extractor="sklearn SVC (flow_pipelines.evaluation.digits)",

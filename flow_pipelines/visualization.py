@@ -1,4 +1,4 @@
-"""Image grids with a text label per row, for sample sheets (one row per class)."""
+"""Pictures of results: image grids with a text label per row (one row per class), guidance-sweep plots."""
 
 from __future__ import annotations
 
@@ -77,3 +77,61 @@ def make_labelled_grid(
             cell = image.convert("RGB").resize((cell_width, cell_height), Image.Resampling.NEAREST)
             grid.paste(cell, (label_width + padding + column_index * (cell_width + padding), top))
     return grid
+
+
+SWEEP_TITLES: dict[str, str] = {
+    "digit_accuracy": "digit accuracy",
+    "digit_fd_ratio": "FD / real-vs-real floor",
+    "digit_precision": "precision",
+    "digit_recall": "recall",
+    "fid": "FID",
+    "fd_dinov2": "FD-DINOv2",
+}
+"""Panel titles of :func:`plot_guidance_sweep` by column (other columns are titled by their name)."""
+
+
+def plot_guidance_sweep(
+    rows: Sequence[dict[str, float]],
+    floors: dict[str, float] | None = None,
+    title: str = "",
+) -> Image.Image:
+    """Every figure of a guidance sweep against the guidance scale, one panel per figure.
+
+    Args:
+        rows: One dictionary per guidance scale: ``guidance`` and a value per figure (the same figures in each).
+        floors: Where real data stands for some figures (drawn as a dashed line in their panels).
+        title: Heading over the panels (the model and sampler, say).
+
+    Returns:
+        The plot as an RGB image (save it as PNG).
+
+    Raises:
+        ValueError: If there are no rows or no figures besides ``guidance``.
+    """
+    import io
+
+    # A bare Figure draws with Agg and leaves pyplot's global state (and any backend the user chose) alone.
+    from matplotlib.figure import Figure
+
+    columns = [key for key in (rows[0] if rows else {}) if key != "guidance"]
+    if not columns:
+        raise ValueError("A guidance sweep plot needs at least one row with a figure besides 'guidance'.")
+    floors = floors or {}
+    guidance = [row["guidance"] for row in rows]
+    figure = Figure(figsize=(3.2 * len(columns), 3.0))
+    axes = figure.subplots(1, len(columns), squeeze=False)
+    for axis, column in zip(axes[0], columns, strict=True):
+        axis.plot(guidance, [row[column] for row in rows], marker="o", label="samples")
+        if column in floors:
+            axis.axhline(floors[column], linestyle="--", color="grey", label="real data")
+            axis.legend(fontsize="small")
+        axis.set_title(SWEEP_TITLES.get(column, column), fontsize="medium")
+        axis.set_xlabel("guidance scale")
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")

@@ -20,6 +20,7 @@ from flow_pipelines.evaluation.likelihood import image_bits_per_dim
 from flow_pipelines.evaluation.reference import reference_indices
 from flow_pipelines.guidance import GuidedVelocity
 from flow_pipelines.images import quantize_images
+from flow_pipelines.training.batches import DIGITS_SIDE
 from flow_pipelines.training.publish import PIPELINE_FOLDER
 
 from .cli_support import assert_one_line_error, example_commands, run_command, truncate
@@ -194,7 +195,8 @@ def test_conditional_guided_bpd_uses_the_reference_labels(tmp_path, saved_pipeli
 # ---------------------------------------------------------------------------------------------- bad input
 def test_unknown_metric_lists_the_known_ones():
     with pytest.raises(
-        ValueError, match=r"'inception_score'.*known metrics: fid, fd_dinov2, digit_accuracy, bpd"
+        ValueError,
+        match=r"'inception_score'.*known metrics: fid, fd_dinov2, digit_accuracy, digit_fd, digit_precision, digit_recall, bpd, or the group digits",
     ):
         main(["--model", "unused", "--metrics", "fid", "inception_score"])
 
@@ -338,8 +340,8 @@ def test_the_docstring_example_fits_the_default_run_and_the_digits(digits_pixels
     (example,) = example_commands(flow_pipelines.evaluate.__doc__, "python -m flow_pipelines.evaluate")
     args = build_parser().parse_args(example)
     assert str(args.model) == f"outputs/digits/{PIPELINE_FOLDER}" and args.reference == "sklearn_digits"
-    # The default run trains at 16x16 (train_flow's --resolution); the digits are 8x8.
-    assert args.resize_reference and digits_pixels.shape[-1] != 16
+    # The default run trains at the digits' own 8x8, so the reference needs no resizing.
+    assert not args.resize_reference and digits_pixels.shape[-1] == DIGITS_SIDE
     feature_dims = {"fid": args.fid_features, "fd_dinov2": 1024}  # DINOv2 ViT-L/14's width
     for metric in set(check_metrics(args.metrics)) & set(FRECHET_METRICS):
         needed = minimum_samples(feature_dims[metric])
@@ -374,3 +376,83 @@ def test_update_card_adds_the_results_to_the_models_card(tmp_path, saved_pipelin
         "num_samples": 20,
     }
     assert "| Digit accuracy |" in (model / "README.md").read_text()
+
+
+def test_a_guidance_sweep_measures_each_scale_and_draws_the_trade_off(tmp_path, saved_pipeline, capsys):
+    from PIL import Image
+
+    from flow_pipelines.evaluation.digits import DigitDistribution
+
+    model, out = saved_pipeline(), tmp_path / "sweep"
+    argv = [
+        "--model",
+        str(model),
+        "--metrics",
+        "digits",
+        "--num-samples",
+        "60",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+    ]
+    records = main([*argv, "--guidance-sweep", "2", "1", "2", "--output-dir", str(out)])
+
+    # One record per digit metric and scale, the scales sorted and each measured once.
+    assert [(r["metric"], r["guidance"]) for r in records] == [
+        (metric, guidance)
+        for guidance in (1.0, 2.0)
+        for metric in ("digit_accuracy", "digit_fd", "digit_precision", "digit_recall")
+    ]
+    assert json.loads((out / "metrics.json").read_text()) == records
+    # Each scale's samples are saved, and its figures are those of the saved samples.
+    distribution, classifier = DigitDistribution(resolution=8), DigitClassifier.fit()
+    for guidance in (1.0, 2.0):
+        with np.load(out / f"samples-guidance-{guidance:g}.npz") as data:
+            samples, labels = data["arr_0"], data["arr_1"]
+        report = distribution.compare(samples[..., 0] / 255.0, labels)
+        by_metric = {r["metric"]: r for r in records if r["guidance"] == guidance}
+        assert by_metric["digit_accuracy"]["value"] == classifier.accuracy(samples[..., 0] / 255.0, labels)
+        assert by_metric["digit_fd"]["value"] == pytest.approx(report.fd, rel=1e-12)
+        assert by_metric["digit_fd"]["fd_ratio"] == pytest.approx(report.fd_ratio, rel=1e-12)
+        assert by_metric["digit_precision"]["value"] == report.precision
+        assert by_metric["digit_recall"]["floor"] == report.recall_floor
+    # The table and the picture of the trade-off.
+    table = json.loads((out / "guidance_sweep.json").read_text())
+    assert [row["guidance"] for row in table["rows"]] == [1.0, 2.0]
+    assert set(table["rows"][0]) == {
+        "guidance",
+        "digit_accuracy",
+        "digit_fd_ratio",
+        "digit_precision",
+        "digit_recall",
+    }
+    assert table["floors"]["digit_fd_ratio"] == 1.0 and (table["steps"], table["num_samples"]) == (2, 60)
+    with Image.open(out / "guidance_sweep.png") as plot:
+        assert plot.format == "PNG" and plot.width > 4 * plot.height / 2
+    printed = capsys.readouterr().out
+    assert "| guidance | digit_accuracy | digit_fd_ratio | digit_precision | digit_recall |" in printed
+    assert f"wrote {out / 'guidance_sweep.png'}" in printed
+
+    # A sweep whose plot would replace one is refused before any work; the earlier files stay.
+    (out / "metrics.json").unlink()
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(ValueError, match="guidance_sweep.json' \\(from --output-dir\\) exists"):
+        main([*argv, "--guidance-sweep", "4", "5", "--output-dir", str(out)])
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_a_sweep_needs_two_scales_and_a_sample_metric(tmp_path, saved_pipeline):
+    model = str(saved_pipeline())
+    with pytest.raises(ValueError, match="--guidance-sweep 2 is one scale; a sweep takes two or more"):
+        main(["--model", model, "--metrics", "digits", "--guidance-sweep", "2"])
+    with pytest.raises(ValueError, match="--guidance-sweep repeats the sample metrics"):
+        main(["--model", model, "--metrics", "bpd", "--guidance-sweep", "1", "2"])
+    with pytest.raises(ValueError, match="guidance_scale=-1.0 must be a finite number >= 0"):
+        main(["--model", model, "--metrics", "digits", "--guidance-sweep", "1", "-1"])
+    assert check_metrics(["digits", "digit_fd"]) == [
+        "digit_accuracy",
+        "digit_fd",
+        "digit_precision",
+        "digit_recall",
+    ]
