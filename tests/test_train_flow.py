@@ -28,6 +28,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from flow_pipelines import FlowPipeline
+from flow_pipelines.training import overfit
 from flow_pipelines.training.architecture import DIGITS_MODEL_DEFAULTS, build_model, model_settings
 from flow_pipelines.training.batches import trains_on_digits
 from flow_pipelines.training.objectives import path_from_args
@@ -275,22 +276,36 @@ def test_default_run_produces_a_loadable_pipeline_with_card_grid_and_log(train_f
     )
     card = (pipeline_dir / "README.md").read_text()
     assert "samples.png" in card
-    # The digit accuracy is in the card's metadata, with the settings it was measured at.
-    results = {r.metric_type: r for r in ModelCard.load(pipeline_dir / "README.md").data.eval_results}
-    accuracy = results["digit_accuracy"]
-    assert (accuracy.metric_value, accuracy.dataset_type) == (
-        summary["evaluation"]["digit_accuracy"],
-        "sklearn_digits",
-    )
-    assert {k: accuracy.metric_args[k] for k in ("sampler", "num_samples", "num_inference_steps")} == {
-        "sampler": "euler",
-        "num_samples": 20,
-        "num_inference_steps": summary["evaluation"]["num_inference_steps"],
-    }
     grid = Image.open(pipeline_dir / "samples.png")
     assert grid.height > grid.width / 2  # ten rows of one image each
-    assert 0.0 <= summary["evaluation"]["digit_accuracy"] <= 1.0
-    assert summary["evaluation"]["classifier_heldout_accuracy"] > 0.97
+    # The report: the run's guidance and none, each at 8 and 20 model evaluations of the saved sampler.
+    guidance = train_flow.parse_args([]).guidance_scale
+    report = summary["evaluation"]
+    assert [(row["guidance_scale"], row["num_model_evaluations"]) for row in report] == [
+        (guidance, 8), (guidance, 20), (1.0, 8), (1.0, 20)
+    ]  # fmt: skip
+    for row in report:
+        assert row["num_samples"] == 20 and 0.0 <= row["digit_accuracy"] <= 1.0
+        assert row["fd_ratio"] == pytest.approx(row["fd"] / row["fd_floor"]) and row["fd_ratio"] > 1.0
+        assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0
+    assert report[0]["classifier_heldout_accuracy"] > 0.97
+    # Each figure is in the card's metadata with the settings it was measured at.
+    results = ModelCard.load(pipeline_dir / "README.md").data.eval_results
+    assert len(results) == 4 * len(report)  # accuracy, FD ratio, precision and recall of each row
+    for row in report:
+        measured = {
+            r.metric_type: r
+            for r in results
+            if (r.metric_args["guidance_scale"], r.metric_args["nfe"])
+            == (row["guidance_scale"], row["num_model_evaluations"])
+        }
+        assert {
+            name: measured[name].metric_value
+            for name in ("digit_accuracy", "fd_ratio", "precision", "recall")
+        } == {name: row[name] for name in ("digit_accuracy", "fd_ratio", "precision", "recall")}
+        accuracy = measured["digit_accuracy"]
+        assert accuracy.dataset_type == "sklearn_digits"
+        assert (accuracy.metric_args["sampler"], accuracy.metric_args["num_samples"]) == ("multistep", 20)
     log = log_records(tmp_path)
     assert [entry["step"] for entry in log] == [1, 2, 3]
     assert {"loss", "lr", "grad_norm", "step_time", "samples_per_second"} <= set(log[0])
@@ -330,47 +345,92 @@ def test_a_model_that_could_not_be_sampled_from_pure_noise_is_refused_before_tra
             train_flow.parse_args(["--prediction_type", "epsilon", "--path", path])
 
 
-def test_overfitting_one_batch_drives_the_loss_to_zero_and_reproduces_it(train_flow, tmp_path: Path) -> None:
+OVERFIT_MODEL = [
+    "--hidden_size",
+    "64",
+    "--num_layers",
+    "2",
+    "--train_batch_size",
+    "4",
+    "--max_train_steps",
+    "OVERFIT_STEPS",
+]
+
+
+def first_digits(count: int) -> np.ndarray:
+    """The first ``count`` digits in [0, 1], ``(count, 8, 8)``: 0, 1, 2, 3, ..., one of each class."""
     from flow_pipelines.data_sources import load_digits_dataset
 
-    # The first four digits are 0, 1, 2, 3: one image per class, so each class's target is a single image.
-    run(
-        train_flow, tmp_path, "--max_train_samples", "4", "--overfit_one_batch", "--max_train_steps", "300",
-        "--hidden_size", "64", "--num_layers", "2", "--learning_rate", "3e-3", "--lr_scheduler", "constant",
-        "--lr_warmup_steps", "0", "--label_dropout", "0", "--no-use_ema", "--prediction_type", "sample",
-    )  # fmt: skip
-    losses = [record["loss"] for record in log_records(tmp_path)]
-    assert losses[0] > 0.3 and losses[-1] < 0.01, losses
-    pipeline = FlowPipeline.from_pretrained(tmp_path / "pipeline")
-    generator = torch.Generator().manual_seed(0)
-    # No label dropout, so no null class to guide with: sample conditionally.
-    images = pipeline(
-        class_labels=[0, 1, 2, 3],
-        num_inference_steps=20,
-        guidance_scale=1.0,
-        generator=generator,
-        output_type="np",
-    ).images
     digits = load_digits_dataset()
-    batch = np.stack([np.asarray(digits[i]["image"], dtype=np.float64) / 255.0 for i in range(4)])
-    assert digits[:4]["label"] == [0, 1, 2, 3]
-    assert np.abs(images[..., 0] - batch).mean() < 0.04
-    # ... and each sample is closest to its own class's image.
-    distances = ((images[:, None, ..., 0] - batch[None]) ** 2).sum(axis=(2, 3))
+    assert digits[:count]["label"] == list(range(count))
+    return np.stack([np.asarray(digits[i]["image"], dtype=np.float64) / 255.0 for i in range(count)])
+
+
+def test_overfit_one_batch_memorises_it_with_the_default_objective(
+    train_flow, tmp_path: Path, capsys
+) -> None:
+    # Velocity target, logit-normal noise levels, the default learning rate: only the model is smaller.
+    summary = run(train_flow, tmp_path, "--overfit_one_batch", *OVERFIT_MODEL)
+    verdict = summary["overfit"]
+    assert verdict["passed"] and verdict["samples_match"]
+    assert verdict["estimate_error_before"] > 0.3
+    assert verdict["estimate_error_after"] < overfit.PASS_FRACTION * verdict["estimate_error_before"]
+    assert verdict["loss_after"] < verdict["loss_before"] / 5
+    assert "Overfit check PASSED" in capsys.readouterr().out
+    # What was switched off: no label dropout (so no null class to guide with), constant LR, no EMA.
+    flags = json.loads((tmp_path / "training_args.json").read_text())
+    assert {name: flags[name] for name in overfit.OVERFIT_SETTINGS} == overfit.OVERFIT_SETTINGS
+    assert {record["lr"] for record in log_records(tmp_path)} == {flags["learning_rate"]}
+    # The grid: the batch above, its samples below, each sample closest to its own image.
+    grid = np.asarray(Image.open(tmp_path / overfit.GRID_NAME).convert("L"), dtype=np.float64)
+    assert grid.shape[0] > grid.shape[1] / 4  # two rows of four
+    pipeline = FlowPipeline.from_pretrained(tmp_path / "pipeline")
+    images = pipeline(
+        class_labels=[0, 1, 2, 3], num_inference_steps=20, guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0), output_type="np",
+    ).images[..., 0]  # fmt: skip
+    batch = first_digits(4)
+    distances = ((images[:, None] - batch[None]) ** 2).sum(axis=(2, 3))
     assert distances.argmin(axis=1).tolist() == [0, 1, 2, 3]
+    assert np.abs(images - batch).mean() < 0.05
+
+
+def test_an_overfit_run_that_cannot_memorise_fails_with_exit_status_1(
+    train_flow, tmp_path: Path, capsys
+) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    # A learning rate far too small for 20 steps: the batch is not learnt, and the run says so.
+    status = train_flow.cli(
+        [
+            "--output_dir",
+            str(tmp_path),
+            *TINY,
+            "--overfit_one_batch",
+            "--max_train_steps",
+            "20",
+            "--learning_rate",
+            "1e-6",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "Overfit check FAILED" in out and "did not memorise one batch" in out
+    assert (tmp_path / overfit.GRID_NAME).is_file() and (tmp_path / "pipeline" / "model_index.json").is_file()
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert (
+        summary["overfit"]["passed"] is False
+        and summary["overfit"]["estimate_error_after"] > 0.5 * summary["overfit"]["estimate_error_before"]
+    )
 
 
 def test_cosine_run_overfits_one_batch_and_saves_a_cosine_pipeline(train_flow, tmp_path: Path) -> None:
-    from flow_pipelines.data_sources import load_digits_dataset
-
-    run(
-        train_flow, tmp_path, "--max_train_samples", "4", "--overfit_one_batch", "--max_train_steps", "250",
-        "--hidden_size", "64", "--num_layers", "2", "--learning_rate", "3e-3", "--lr_scheduler", "constant",
-        "--lr_warmup_steps", "0", "--label_dropout", "0", "--no-use_ema", "--prediction_type", "sample",
-        "--path", "cosine",
+    summary = run(
+        train_flow, tmp_path, "--overfit_one_batch", *OVERFIT_MODEL, "--prediction_type", "sample", "--path", "cosine",
     )  # fmt: skip
-    losses = [record["loss"] for record in log_records(tmp_path)]
-    assert losses[0] > 0.3 and losses[-1] < 0.01, losses
+    assert summary["overfit"]["passed"], summary["overfit"]
     pipeline = FlowPipeline.from_pretrained(tmp_path / "pipeline")
     assert pipeline.transformer.config.path == "cosine" and pipeline.path.name == "cosine"
     assert pipeline.transformer.config.prediction_type == "sample"
@@ -384,8 +444,7 @@ def test_cosine_run_overfits_one_batch_and_saves_a_cosine_pipeline(train_flow, t
         output_type="np",
     ).images
     assert np.isfinite(images).all()
-    digits = load_digits_dataset()
-    batch = np.stack([np.asarray(digits[i]["image"], dtype=np.float64) / 255.0 for i in range(4)])
+    batch = first_digits(4)
     distances = ((images[:, None, ..., 0] - batch[None]) ** 2).sum(axis=(2, 3))
     assert distances.argmin(axis=1).tolist() == [0, 1, 2, 3]
     assert np.abs(images[..., 0] - batch).mean() < 0.05
@@ -587,9 +646,13 @@ def test_eval_steps_log_fd_dinov2_with_a_local_extractor_folder(
 # ----------------------------------------------------------------------------- flags
 def test_default_flags_describe_the_digits_job(train_flow) -> None:
     args = train_flow.parse_args([])
-    assert trains_on_digits(args) and args.resolution == 16 and args.output_dir == "outputs/digits"
+    assert trains_on_digits(args) and args.resolution == 8 and args.output_dir == "outputs/digits"
     assert model_settings(args) == DIGITS_MODEL_DEFAULTS
     assert args.use_ema and args.label_dropout == 0.1 and args.prediction_type == "velocity"
+    assert (args.lr_scheduler, args.lr_warmup_steps) == ("constant", 0)
+    # Other data has no natural side: the run asks for one before any work.
+    with pytest.raises(ValueError, match="--resolution is needed for 'cifar10'"):
+        train_flow.parse_args(["--dataset_name", "cifar10"])
 
 
 def test_vp_path_flags_reach_the_model_config_and_are_checked(train_flow) -> None:

@@ -7,18 +7,27 @@ import os
 import signal
 
 import pytest
-import torch
 
-from flow_pipelines.training.runtime import StopRequest, choose_cpu_threads, redact_argv
+from flow_pipelines.training.runtime import StopRequest, choose_cpu_threads, chose_omp_threads, redact_argv
 
 
 def test_cpu_thread_choice() -> None:
     assert choose_cpu_threads(3, num_processes=2) == 3
     automatic = choose_cpu_threads(None, num_processes=1)
-    assert 1 <= automatic <= torch.get_num_threads()
+    assert 1 <= automatic <= (os.cpu_count() or 1)
     assert choose_cpu_threads(None, num_processes=64) == 1
     with pytest.raises(ValueError, match="cpu_threads"):
         choose_cpu_threads(0, num_processes=1)
+
+
+def test_accelerates_default_of_one_openmp_thread_does_not_pin_the_run_to_one_core() -> None:
+    launched = {
+        "ACCELERATE_DYNAMO_BACKEND": "NO"
+    }  # in the environment of every process accelerate launch starts
+    assert not chose_omp_threads({**launched, "OMP_NUM_THREADS": "1"})  # its default on a machine without GPU
+    assert chose_omp_threads({**launched, "OMP_NUM_THREADS": "3"})  # a value the user set, passed on
+    assert chose_omp_threads({"OMP_NUM_THREADS": "1"})  # set by the user for a plain `python` run
+    assert not chose_omp_threads({})
 
 
 def test_secret_flag_values_are_redacted_in_place() -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import logging
 import signal
 import sys
@@ -52,6 +51,7 @@ from flow_pipelines.training import (
     guards,
     latents,
     objectives,
+    overfit,
     publish,
     run_folder,
     runtime,
@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument("--learning_rate", type=float, default=2e-3)
-    optim.add_argument("--lr_scheduler", default="cosine", choices=LR_SCHEDULERS)
-    optim.add_argument("--lr_warmup_steps", type=int, default=100)
+    # Constant, as DiT and SiT train: a decay to zero over a short run starves it (benchmarks/README.md).
+    optim.add_argument("--lr_scheduler", default="constant", choices=LR_SCHEDULERS)
+    optim.add_argument("--lr_warmup_steps", type=int, default=0)
     optim.add_argument("--adam_beta1", type=float, default=0.9)
     optim.add_argument("--adam_beta2", type=float, default=0.99)
     optim.add_argument("--adam_weight_decay", type=float, default=0.0)
@@ -124,8 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     tracking.add_tracking_args(parser)
     validation.add_validation_args(parser)
     publish.add_publish_args(parser)
-    debug = parser.add_argument_group("debugging")
-    debug.add_argument("--overfit_one_batch", action="store_true", help="Train on the first batch only.")
+    overfit.add_overfit_args(parser)
     return parser
 
 
@@ -142,6 +142,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ValueError: For inconsistent or out-of-range values.
     """
     args = build_parser().parse_args(argv)
+    overfit.apply_settings(args)
     check_args(args)
     return args
 
@@ -162,11 +163,9 @@ def check_args(args: argparse.Namespace) -> None:
     )
     if not 0.0 <= args.ema_decay < 1.0:
         raise ValueError(f"--ema_decay={args.ema_decay} must lie in [0, 1).")
-    if args.overfit_one_batch and args.max_train_steps is None:
-        raise ValueError("--overfit_one_batch needs --max_train_steps.")
+    batches.check_data_args(args)  # first: it fills in the digits' resolution
     validation.check_validation_args(args, batches.trains_on_digits(args))
     publish.check_publish_args(args)
-    batches.check_data_args(args)
     objectives.objective_from_args(args)
     patch = architecture.model_settings(args)["patch_size"]
     if args.vae is None and args.resolution % patch:
@@ -224,6 +223,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     data, dataset, vae = batches.load_training_data(
         args, accelerator, architecture.model_settings(args)["patch_size"]
     )
+    if args.overfit_one_batch:  # one image per class, so that the target is a function of the input
+        data, dataset = overfit.one_example_per_class(data, dataset, args, num_processes)
     loader, sampler, batches_per_epoch = batches.make_loader(
         dataset,
         data.num_examples,
@@ -285,8 +286,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         loader, sampler, batches_per_epoch, args.train_batch_size * num_processes, device
     )
     batch_iterator = stream.iterate(position.epoch, position.batch_in_epoch)
-    if args.overfit_one_batch:
-        batch_iterator = itertools.repeat(next(batch_iterator))
+    check = None
+    if args.overfit_one_batch:  # the first batch at every step, judged at the end
+        check, batch_iterator = overfit.OverfitCheck.on_first_batch(
+            batch_iterator, model, objective, args, vae
+        )
     global_step, samples_seen, last_loss = position.global_step, position.samples_seen, float("nan")
     logger.info(
         "Training %d steps (%s per epoch), %d examples per step",
@@ -408,6 +412,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "train_samples_per_second": throughput.samples_per_second,
         "num_parameters": num_parameters,
     }
+    if check is not None and is_main:
+        summary["overfit"] = check.verdict(pipeline)
     dataset_name = data.description if on_digits else (args.dataset_name or data.description)
     card_config = {**config, "num_parameters": num_parameters}
     return publish.finish_run(
@@ -422,7 +428,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name (``sys.argv[1:]`` when None).
 
     Returns:
-        0 when done, 2 for bad input, 1 when training failed (non-finite values) or the Hub upload did,
+        0 when done, 2 for bad input, 1 when training failed (non-finite values), the Hub upload did or the
+        ``--overfit_one_batch`` check did,
         128 + the signal's number when stopped by SIGINT / SIGTERM (after saving a checkpoint).
     """
     try:
@@ -435,7 +442,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGINT
     if "interrupted" in summary:
         return 128 + signal.Signals[summary["interrupted"]].value
-    return 1 if "hub_error" in summary else 0
+    return 1 if "hub_error" in summary or not summary.get("overfit", {}).get("passed", True) else 0
 
 
 if __name__ == "__main__":

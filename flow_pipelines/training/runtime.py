@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ logger = logging.getLogger("train_flow")
 def choose_cpu_threads(requested: int | None, num_processes: int) -> int:
     """Threads per process for training on a CPU.
 
-    The idle cores (cores minus the 1-minute load average, which counts other jobs), shared among this
-    run's processes, at least 1. Small models step through hundreds of short kernels, and an OpenMP
+    The idle cores (physical cores minus those busy with other jobs over a quarter of a second), shared among
+    this run's processes, at least 1. Small models step through hundreds of short kernels, and an OpenMP
     thread that another job has descheduled stalls every one of them: on a 2-core machine with other
     jobs running, two threads made a digits step 10x slower than one thread did.
 
@@ -45,9 +46,32 @@ def choose_cpu_threads(requested: int | None, num_processes: int) -> int:
         if requested < 1:
             raise ValueError(f"--cpu_threads={requested} must be >= 1.")
         return requested
+    import psutil  # an accelerate dependency
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(torch.get_num_threads(), int(cores - busy + 0.5) // max(1, num_processes)))
+    cores = min(cores, psutil.cpu_count(logical=False) or cores)  # hyper-threads add nothing to matrix products
+    # Busy cores now (other jobs: this process waits meanwhile), not the 1-minute load average, which still
+    # counts a job that ended seconds ago, such as the `pip install` before the README's first command.
+    busy = psutil.cpu_percent(interval=0.25) / 100.0 * (os.cpu_count() or cores)
+    return max(1, int(cores - busy + 0.5) // max(1, num_processes))
+
+
+def chose_omp_threads(environment: Mapping[str, str]) -> bool:
+    """Whether ``OMP_NUM_THREADS`` is somebody's choice, to be kept, rather than a launcher's default.
+
+    ``accelerate launch`` sets ``OMP_NUM_THREADS=1`` in every process it starts on a machine without a GPU
+    (unless told ``--cpu``), which would leave all cores but one idle; it passes a value the user set on unchanged.
+    So a 1 under accelerate counts as unset (``--cpu_threads 1`` asks for one thread explicitly).
+
+    Args:
+        environment: The process's environment.
+
+    Returns:
+        True when ``OMP_NUM_THREADS`` is set and is not accelerate's default.
+    """
+    value = environment.get("OMP_NUM_THREADS")
+    launched_by_accelerate = "ACCELERATE_DYNAMO_BACKEND" in environment
+    return value is not None and not (launched_by_accelerate and value.strip() == "1")
 
 
 def make_accelerator(
@@ -95,7 +119,7 @@ def make_accelerator(
         raise ValueError("--mixed_precision fp16 needs a GPU; this run is on the CPU. Use bf16 or no.")
     if accelerator.mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("--mixed_precision bf16 is not supported by this GPU; use fp16 or no.")
-    if device.type == "cpu" and not (cpu_threads is None and "OMP_NUM_THREADS" in os.environ):
+    if device.type == "cpu" and not (cpu_threads is None and chose_omp_threads(os.environ)):
         torch.set_num_threads(choose_cpu_threads(cpu_threads, accelerator.num_processes))
     return accelerator
 
