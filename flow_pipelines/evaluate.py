@@ -12,11 +12,11 @@ digits it is compared with)::
 
 A model trained on the digits is best judged by ``--metrics digits``: digit accuracy, and FD, precision and
 recall in a fixed feature space of real digits against their real-vs-real floor
-(:mod:`flow_pipelines.evaluation.digits`). ``--guidance-sweep 1 1.5 2 3 4`` measures every sample metric at each
+(:mod:`flow_pipelines.evaluation.digits`). ``--guidance-sweep 1 1.25 1.5 2 3`` measures every sample metric at each
 guidance scale and draws the trade-off (``guidance_sweep.png``, with the table in ``guidance_sweep.json``)::
 
     python -m flow_pipelines.evaluate --model outputs/digits/pipeline --metrics digits --num-samples 500 \
-        --steps 8 --guidance-sweep 1 1.5 2 3 4 --output-dir outputs/digits/sweep
+        --steps 8 --guidance-sweep 1 1.25 1.5 2 3 --output-dir outputs/digits/sweep
 
 Samples are drawn balanced over the classes (sample ``i`` has class ``i mod K``), each from its own
 generator seeded ``seed + i`` (so a sample does not depend on the batch size), quantised to uint8 once

@@ -337,7 +337,10 @@ def test_the_command_reports_a_model_it_cannot_find_in_one_line(tmp_path):
 
 def test_the_docstring_example_fits_the_default_run_and_the_digits(digits_pixels):
     """The example's flags parse, name the trained pipeline, and meet every check evaluate makes before sampling."""
-    (example,) = example_commands(flow_pipelines.evaluate.__doc__, "python -m flow_pipelines.evaluate")
+    example, sweep = example_commands(flow_pipelines.evaluate.__doc__, "python -m flow_pipelines.evaluate")
+    sweep_args = build_parser().parse_args(sweep)
+    assert str(sweep_args.model) == f"outputs/digits/{PIPELINE_FOLDER}"
+    assert sweep_args.guidance_sweep == [1, 1.25, 1.5, 2, 3]
     args = build_parser().parse_args(example)
     assert str(args.model) == f"outputs/digits/{PIPELINE_FOLDER}" and args.reference == "sklearn_digits"
     # The default run trains at the digits' own 8x8, so the reference needs no resizing.
