@@ -49,7 +49,8 @@ def choose_cpu_threads(requested: int | None, num_processes: int) -> int:
     import psutil  # an accelerate dependency
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores = min(cores, psutil.cpu_count(logical=False) or cores)  # hyper-threads add nothing to matrix products
+    # Hyper-threads add nothing to matrix products.
+    cores = min(cores, psutil.cpu_count(logical=False) or cores)
     # Busy cores now (other jobs: this process waits meanwhile), not the 1-minute load average, which still
     # counts a job that ended seconds ago, such as the `pip install` before the README's first command.
     busy = psutil.cpu_percent(interval=0.25) / 100.0 * (os.cpu_count() or cores)
