@@ -25,7 +25,7 @@ from huggingface_hub import constants as hub_constants
 from safetensors import SafetensorError
 
 from .pipelines import FlowPipeline
-from .schedulers import SCHEDULERS, make_scheduler
+from .schedulers import SCHEDULERS, make_scheduler, scheduler_name
 
 USAGE_ERROR_STATUS = 2
 """Exit status after an ``error: ...`` line: input the user can fix (argparse's own status for bad flags)."""
@@ -57,7 +57,12 @@ def sampling_parser(prog: str, description: str, guidance: float, seed_help: str
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--model", required=True, help="Saved pipeline folder or Hub repo id.")
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="euler", help="Sampler.")
+    parser.add_argument(
+        "--scheduler",
+        choices=sorted(SCHEDULERS),
+        default=None,
+        help="Sampler (default: the one saved with the pipeline, as diffusers' pipelines do).",
+    )
     parser.add_argument("--steps", type=int, default=30, help="Sampling steps.")
     parser.add_argument(
         "--guidance", type=float, default=guidance, help="Classifier-free guidance scale (1 = none)."
@@ -120,13 +125,17 @@ def load_sampling_pipeline(args: argparse.Namespace) -> FlowPipeline:
         args: Flags of a :func:`sampling_parser`: ``--model``, ``--dtype``, ``--device`` and ``--scheduler``.
 
     Returns:
-        The pipeline on its device, its scheduler replaced by ``--scheduler``'s (same config).
+        The pipeline on its device, its scheduler replaced by ``--scheduler``'s (same config) when one is
+        asked for; ``args.scheduler`` then names the scheduler sampled with either way.
 
     Raises:
         ValueError: See :func:`load_pipeline`.
     """
     pipeline = load_pipeline(str(args.model), args.dtype, default_device(args.device))
-    pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
+    if args.scheduler is None:
+        args.scheduler = scheduler_name(pipeline.scheduler)
+    else:
+        pipeline.scheduler = make_scheduler(args.scheduler, pipeline.scheduler.config)
     return pipeline
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import flow_pipelines.sample
 from flow_pipelines.sample import _parse_labels, main, run
-from flow_pipelines.schedulers import SCHEDULERS, make_scheduler
+from flow_pipelines.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from flow_pipelines.training.publish import PIPELINE_FOLDER
 
 from .cli_support import REPO_ROOT, assert_one_line_error, example_commands, run_command, truncate
@@ -50,6 +50,18 @@ def test_cli_accepts_every_scheduler(saved_digits_pipeline, tmp_path, capsys, sc
     )
     assert Image.open(out).height == 2 + 66
     assert f"{type(make_scheduler(scheduler, {})).__name__}, 2 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("saved", ["heun", "multistep", "unipc"])
+def test_without_scheduler_the_pipeline_samples_with_its_own(make_flow_pipeline, tmp_path, capsys, saved):
+    # As diffusers' pipelines do: the saved scheduler, settings included, unless --scheduler names another.
+    folder = tmp_path / "model"
+    pipeline = make_flow_pipeline(id2label="digits")
+    pipeline.scheduler = make_scheduler(saved, {"shift": 2.0})
+    pipeline.save_pretrained(folder)
+    main(["--model", str(folder), "--class-labels", "1", "--steps", "2", "--out", str(tmp_path / "grid.png")])
+    assert f"{type(pipeline.scheduler).__name__}, 2 steps" in capsys.readouterr().out
+    assert scheduler_name(pipeline.scheduler) == saved
 
 
 def test_random_and_named_labels():

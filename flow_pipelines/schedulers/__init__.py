@@ -1,6 +1,12 @@
 """Flow-matching schedulers that plug into diffusers."""
 
-from .registry import SCHEDULERS, make_scheduler, model_evaluations, steps_for_model_evaluations
+from .registry import (
+    SCHEDULERS,
+    make_scheduler,
+    model_evaluations,
+    scheduler_name,
+    steps_for_model_evaluations,
+)
 from .scheduling_flow_common import FlowSchedulerBase, FlowSchedulerOutput, FlowStep
 from .scheduling_flow_euler import FlowEulerScheduler
 from .scheduling_flow_heun import FlowHeunScheduler
@@ -20,5 +26,6 @@ __all__ = [
     "diffusion_coefficient",
     "make_scheduler",
     "model_evaluations",
+    "scheduler_name",
     "steps_for_model_evaluations",
 ]

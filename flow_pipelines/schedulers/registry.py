@@ -83,6 +83,31 @@ SCHEDULERS: dict[str, Callable[[dict[str, Any]], SchedulerMixin]] = {
 """Short name -> builder ``(config) -> scheduler``."""
 
 
+_CLASS_NAMES: dict[str, str] = {
+    "FlowEulerScheduler": "euler",
+    "FlowHeunScheduler": "heun",
+    "FlowSDEScheduler": "sde",
+    "FlowMultistepScheduler": "multistep",
+    "FlowMatchEulerDiscreteScheduler": "flowmatch-euler",
+    "FlowMatchHeunDiscreteScheduler": "flowmatch-heun",
+    "DPMSolverMultistepScheduler": "dpm",
+    "UniPCMultistepScheduler": "unipc",
+}
+
+
+def scheduler_name(scheduler: SchedulerMixin) -> str:
+    """The short name of :data:`SCHEDULERS` a scheduler goes by (its class name if it has none).
+
+    Args:
+        scheduler: A scheduler, e.g. a loaded pipeline's.
+
+    Returns:
+        ``"euler"``, ``"multistep"``, ... or the class name.
+    """
+    name = type(scheduler).__name__
+    return _CLASS_NAMES.get(name, name)
+
+
 def make_scheduler(name: str, config: dict[str, Any] | None = None) -> SchedulerMixin:
     """Build a flow scheduler by short name from another scheduler's config (its shift carries over).
 
