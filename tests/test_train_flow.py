@@ -596,7 +596,7 @@ def test_tensorboard_run_records_scalars_and_images(train_flow, tmp_path: Path) 
 
 
 # ----------------------------------------------------------------------------- evaluation during training
-def test_eval_steps_log_digit_accuracy_to_the_jsonl_log_and_tensorboard(train_flow, tmp_path: Path) -> None:
+def test_eval_steps_log_digit_figures_to_the_jsonl_log_and_tensorboard(train_flow, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run(
@@ -606,6 +606,10 @@ def test_eval_steps_log_digit_accuracy_to_the_jsonl_log_and_tensorboard(train_fl
     evaluations = [record for record in log_records(tmp_path) if "eval/digit_accuracy" in record]
     assert [record["step"] for record in evaluations] == [2, 4]
     assert all(0.0 <= record["eval/digit_accuracy"] <= 1.0 for record in evaluations)
+    # Beside accuracy, the distribution: FD against its real-vs-real floor, precision and recall.
+    for record in evaluations:
+        assert record["eval/fd_ratio"] > 1.0 and math.isfinite(record["eval/fd_ratio"])
+        assert 0.0 <= record["eval/precision"] <= 1.0 and 0.0 <= record["eval/recall"] <= 1.0
     steps = set()
     for event_file in (tmp_path / "logs").rglob("events.out.tfevents.*"):
         accumulator = EventAccumulator(str(event_file))
