@@ -71,3 +71,23 @@ def test_scheduler_swaps_back_and_forth_through_from_config(make_flow_pipeline):
     for name in SCHEDULERS:  # the shift survives every swap, whatever the config key is called
         pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
         assert pipe.scheduler.config.get("shift", pipe.scheduler.config.get("flow_shift")) == 2.0
+
+
+def test_a_scheduler_by_name_takes_the_flow_not_the_other_samplers_settings(make_flow_pipeline):
+    # A saved multistep solver's order and final-step setting mean something else to diffusers' UniPC
+    # (lower_order_final=False made its few-step solve singular); its grid is not Euler's default.
+    saved = FlowMultistepScheduler(
+        shift=2.0, solver_order=3, lower_order_final=False, num_train_timesteps=500
+    )
+    pipe = make_flow_pipeline(scheduler=saved)
+    for name in SCHEDULERS:
+        scheduler = make_scheduler(name, saved.config)
+        default = type(scheduler)()
+        # Its own settings are its defaults; the flow's (time scale, shift) and the registry's mode keys aside.
+        flow = {"num_train_timesteps", "shift", "flow_shift", "use_flow_sigmas", "prediction_type"}
+        own = {k: v for k, v in default.config.items() if not k.startswith("_") and k not in flow}
+        assert {key: scheduler.config[key] for key in own} == own, name
+        assert scheduler.config.num_train_timesteps == 500, name
+        pipe.scheduler = scheduler
+        images = pipe([1, 2], num_inference_steps=4, output_type="pt").images
+        assert torch.isfinite(images).all(), name

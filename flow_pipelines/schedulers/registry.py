@@ -38,20 +38,33 @@ def shift_of(config: dict[str, Any]) -> float:
     return float(config.get("shift", config.get("flow_shift", 1.0)))
 
 
+FLOW_SETTINGS: tuple[str, ...] = (
+    "num_train_timesteps",
+    "use_dynamic_shifting",
+    "base_shift",
+    "max_shift",
+    "base_image_seq_len",
+    "max_image_seq_len",
+    "time_shift_type",
+)
+"""Settings of the flow a model was trained on, carried from one scheduler to another by name (with the shift).
+A sampler's own settings (its grid, order, corrector, noise) are not carried: two samplers may share a key
+with another meaning (``solver_order`` / ``lower_order_final`` of the multistep solver broke diffusers' UniPC
+at few steps), and a sampler named by the user should be that sampler as its defaults make it."""
+
+
 def _from_config(
     scheduler_class: type[SchedulerMixin], config: dict[str, Any], **overrides: Any
 ) -> SchedulerMixin:
-    """``from_config`` with only the keys the class takes, so that no foreign key draws a warning."""
+    """``from_config`` with the flow's settings that the class takes (:data:`FLOW_SETTINGS`) and ``overrides``."""
     accepted = inspect.signature(scheduler_class.__init__).parameters
-    kept = {key: value for key, value in config.items() if key in accepted and key != "prediction_type"}
+    kept = {key: config[key] for key in FLOW_SETTINGS if key in config and key in accepted}
     return scheduler_class.from_config({**kept, **overrides})
 
 
-def _shifted(
-    scheduler_class: type[SchedulerMixin], **settings: Any
-) -> Callable[[dict[str, Any]], SchedulerMixin]:
+def _shifted(scheduler_class: type[SchedulerMixin]) -> Callable[[dict[str, Any]], SchedulerMixin]:
     def build(config: dict[str, Any]) -> SchedulerMixin:
-        return _from_config(scheduler_class, config, shift=shift_of(config), **settings)
+        return _from_config(scheduler_class, config, shift=shift_of(config))
 
     return build
 
@@ -73,8 +86,7 @@ SCHEDULERS: dict[str, Callable[[dict[str, Any]], SchedulerMixin]] = {
     "euler": _shifted(FlowEulerScheduler),
     "heun": _shifted(FlowHeunScheduler),
     "sde": _shifted(FlowSDEScheduler),
-    # The few-step solver with the grid it was designed with, whatever grid the saved scheduler used.
-    "multistep": _shifted(FlowMultistepScheduler, sigma_schedule="logsnr"),
+    "multistep": _shifted(FlowMultistepScheduler),
     "flowmatch-euler": _shifted(FlowMatchEulerDiscreteScheduler),
     "flowmatch-heun": _shifted(FlowMatchHeunDiscreteScheduler),
     "dpm": _multistep_flow(DPMSolverMultistepScheduler),
@@ -109,7 +121,10 @@ def scheduler_name(scheduler: SchedulerMixin) -> str:
 
 
 def make_scheduler(name: str, config: dict[str, Any] | None = None) -> SchedulerMixin:
-    """Build a flow scheduler by short name from another scheduler's config (its shift carries over).
+    """Build a flow scheduler by short name, on the flow of another scheduler's config.
+
+    The flow's settings carry over (the shift, whatever the config calls it, and :data:`FLOW_SETTINGS`); the
+    named sampler's own settings are its defaults.
 
     Args:
         name: One of `SCHEDULERS`: ``euler``, ``heun``, ``sde``, ``multistep`` (this package),
