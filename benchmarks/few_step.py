@@ -1,8 +1,9 @@
 """Few-step sampling on a trained model: every scheduler at 4, 6, 8 and 16 model evaluations.
 
 For each sampler and budget (model evaluations per image, a guided evaluation counted once; Heun spends two
-per step but the last, so it gets the most steps that fit), the same class-balanced noise (sample ``i`` from
-seed ``i``) is integrated and the samples are compared
+per step but the last, so it gets the most steps that fit), the same class-balanced noise is integrated (sample
+``i`` of class ``i mod 10``, from seed ``i``: the evaluation command's samples) and the samples, 8-bit as saved,
+are compared
 
 - with real digits: FD against its real-vs-real floor (:class:`flow_pipelines.evaluation.digits.DigitDistribution`);
 - with a reference solution of the same noise: Heun with 200 steps (399 evaluations). The distance is the RMS
@@ -29,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flow_pipelines import FlowHeunScheduler, FlowMultistepScheduler, FlowPipeline  # noqa: E402
+from flow_pipelines.evaluate import generate_samples  # noqa: E402
 from flow_pipelines.evaluation.digits import DigitDistribution  # noqa: E402
-from flow_pipelines.images import quantize_images  # noqa: E402
 from flow_pipelines.schedulers import (  # noqa: E402
     SCHEDULERS,
     make_scheduler,
@@ -58,27 +59,6 @@ MULTISTEP_VARIANTS: dict[str, dict] = {
 }
 
 
-@torch.no_grad()
-def draw(
-    pipeline: FlowPipeline, labels: np.ndarray, steps: int, guidance: float, batch_size: int
-) -> np.ndarray:
-    """Samples ``(N, H, W, C)`` in [0, 1]; sample ``i`` starts from the noise of seed ``i``."""
-    chunks = []
-    for start in range(0, len(labels), batch_size):
-        chunk = labels[start : start + batch_size]
-        generators = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
-        chunks.append(
-            pipeline(
-                chunk.tolist(),
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=generators,
-                output_type="np",
-            ).images
-        )
-    return np.concatenate(chunks)
-
-
 def main() -> None:
     """Print the table: sampler, budget, FD / real floor, distance to the reference solution."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,13 +74,19 @@ def main() -> None:
     config = pipeline.scheduler.config
     resolution = pipeline.transformer.config.sample_size
     distribution = DigitDistribution(resolution)
-    labels = np.repeat(np.arange(10), args.samples_per_class)
+    num_samples = 10 * args.samples_per_class
 
-    def score(images: np.ndarray) -> float:
-        return distribution.compare(quantize_images(images).float() / 255, labels).fd_ratio
+    def draw(steps: int) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = generate_samples(
+            pipeline, num_samples, args.batch_size, steps, args.guidance, seed=0
+        )
+        return images.astype(np.float64), labels
+
+    def score(images: np.ndarray, labels: np.ndarray) -> float:
+        return distribution.compare(torch.from_numpy(images / 255).permute(0, 3, 1, 2), labels).fd_ratio
 
     pipeline.scheduler = FlowHeunScheduler.from_config(config)
-    reference = draw(pipeline, labels, REFERENCE_STEPS, args.guidance, args.batch_size)
+    reference, labels = draw(REFERENCE_STEPS)
     samplers = {name: make_scheduler(name, config) for name in SCHEDULERS}
     for name, settings in MULTISTEP_VARIANTS.items():
         samplers[name] = FlowMultistepScheduler.from_config({**config, **settings})
@@ -109,12 +95,12 @@ def main() -> None:
         pipeline.scheduler = scheduler
         for budget in BUDGETS:
             steps = steps_for_model_evaluations(scheduler, budget)
-            images = draw(pipeline, labels, steps, args.guidance, args.batch_size)
-            distance = float(np.sqrt(((images - reference) ** 2).mean()) * 255)
-            rows.append((name, budget, model_evaluations(scheduler, steps), score(images), distance))
+            images, _ = draw(steps)
+            distance = float(np.sqrt(((images - reference) ** 2).mean()))
+            rows.append((name, budget, model_evaluations(scheduler, steps), score(images, labels), distance))
     print(
         f"\n{args.model}: {len(labels)} samples, guidance {args.guidance:g}; reference: Heun, {REFERENCE_STEPS} "
-        f"steps, FD / floor {score(reference):.2f}\n"
+        f"steps, FD / floor {score(reference, labels):.2f}\n"
     )
     print("| sampler | " + " | ".join(f"{b} evals: FD / floor, distance" for b in BUDGETS) + " |")
     print("|---|" + "---|" * len(BUDGETS))

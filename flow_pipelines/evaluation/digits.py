@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import quantize_images
+from ..schedulers import model_evaluations, steps_for_model_evaluations
 from .distribution import DEFAULT_NEIGHBOURS, DistributionReport, feature_frechet_distance, precision_recall
 
 DIGIT_SIDE = 8
@@ -391,7 +392,7 @@ def evaluate_digit_pipeline(
         "per_class_min_accuracy": min(per_class),
         "num_samples": int(len(labels)),
         "num_inference_steps": int(num_inference_steps),
-        "num_model_evaluations": int(len(pipeline.scheduler.timesteps)),
+        "num_model_evaluations": model_evaluations(pipeline.scheduler, num_inference_steps),
         "guidance_scale": float(guidance_scale),
         "classifier_heldout_accuracy": classifier.heldout_accuracy,
         "classifier_roundtrip_accuracy": classifier.roundtrip_accuracy(resolution, interpolation),
@@ -427,8 +428,6 @@ def digit_report(
     Returns:
         One :func:`evaluate_digit_pipeline` record per (guidance, budget), guidance-major.
     """
-    from ..schedulers import steps_for_model_evaluations
-
     resolution = int(pipeline.transformer.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 1))
     classifier = DigitClassifier.fit()
     distribution = DigitDistribution(resolution, interpolation)

@@ -19,7 +19,7 @@ from .guards import check_finite_weights
 from .runtime import end_run, gather_digests
 from .sharding import SamplingModel
 from .tracking import log_images
-from .validation import grid_classes, sample_grid
+from .validation import run_sample_grid
 
 logger = logging.getLogger("train_flow")
 
@@ -210,15 +210,7 @@ def save_result(
     pipeline_dir = Path(args.output_dir) / PIPELINE_FOLDER
     result: dict[str, Any] = {"pipeline_dir": str(pipeline_dir)}
     start = time.perf_counter()
-    classes = grid_classes(args.validation_classes, pipeline.id2label)
-    grid = sample_grid(
-        pipeline,
-        classes,
-        args.validation_images_per_class,
-        args.num_inference_steps,
-        args.guidance_scale,
-        args.seed,
-    )
+    grid = run_sample_grid(pipeline, args)
     if on_digits and args.evaluation_samples_per_class > 0:
         # The default guidance and none, each at a few-step and a comfortable sampling budget.
         result["evaluation"] = digit_report(

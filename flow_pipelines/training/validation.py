@@ -163,6 +163,31 @@ def sample_grid(
     return make_labelled_grid(rows, [names.get(c, str(c)) for c in classes])
 
 
+def run_sample_grid(pipeline: Any, args: argparse.Namespace) -> Any:
+    """The run's sample grid, as its flags ask: ``--validation_classes``, ``--validation_images_per_class``,
+    ``--num_inference_steps``, ``--guidance_scale`` and ``--seed``.
+
+    Args:
+        pipeline: The ``FlowPipeline`` (with the weights to show).
+        args: The parsed flags.
+
+    Returns:
+        The grid as a PIL image.
+
+    Raises:
+        ValueError: For ``--validation_classes`` that are not class ids.
+    """
+    classes = grid_classes(args.validation_classes, pipeline.id2label)
+    return sample_grid(
+        pipeline,
+        classes,
+        args.validation_images_per_class,
+        args.num_inference_steps,
+        args.guidance_scale,
+        args.seed,
+    )
+
+
 def save_validation_grid(
     pipeline: Any, ema: Any | None, args: argparse.Namespace, accelerator: Any, step: int
 ) -> None:
@@ -178,16 +203,8 @@ def save_validation_grid(
     from .ema import ema_weights
     from .tracking import log_images
 
-    classes = grid_classes(args.validation_classes, pipeline.id2label)
     with ema_weights(pipeline.transformer, ema):
-        grid = sample_grid(
-            pipeline,
-            classes,
-            args.validation_images_per_class,
-            args.num_inference_steps,
-            args.guidance_scale,
-            args.seed,
-        )
+        grid = run_sample_grid(pipeline, args)
     folder = Path(args.output_dir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(folder / f"step-{step:07d}.png") as handle:
